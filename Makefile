@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench clean venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: translate the example records to FHIR and back (the demo until the service runs)
+run: $(STAMP)
+	$(BIN)/python -m bridge.demo examples
+
+## make test: ruff, mypy --strict and the whole test suite
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict bridge
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## make bench: the translation benchmark, JSON on stdout
+bench: $(STAMP)
+	$(BIN)/python benchmarks/translate.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
