@@ -1,0 +1,219 @@
+-- Named queries of the SQLite outbox adapter. Each starts with "-- name: <name>"; parameters are :named.
+
+-- name: message_by_ids
+SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+       m.response, m.payload IS NULL AS payload_purged,
+       (SELECT CASE
+                   WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
+                   WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
+                   ELSE 'delivered' END
+          FROM deliveries d WHERE d.message_id = m.id) AS state
+  FROM messages m
+ WHERE m.bundle_id = :bundle_id OR m.header_id = :header_id;
+
+-- name: message_by_id_or_header
+SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+       m.response, m.payload IS NULL AS payload_purged,
+       (SELECT CASE
+                   WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
+                   WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
+                   ELSE 'delivered' END
+          FROM deliveries d WHERE d.message_id = m.id) AS state
+  FROM messages m
+ WHERE m.id = :id OR m.header_id = :id
+ ORDER BY m.id = :id DESC
+ LIMIT 1;
+
+-- name: insert_message
+INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, payload, response,
+                      received_at)
+VALUES (:id, :bundle_id, :header_id, :sender, :kind, :citizen_key, :content_type, :payload, :response,
+        :received_at);
+
+-- name: insert_delivery
+INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
+                        expect_receipt, state, created_at, next_attempt_at)
+VALUES (:id, :message_id, :header_id, :destination, :citizen_key, :content_type, :payload,
+        :expect_receipt, 'pending', :created_at, :next_attempt_at);
+
+-- name: last_audit_hash
+SELECT hash FROM audit ORDER BY seq DESC LIMIT 1;
+
+-- name: insert_audit
+INSERT INTO audit (recorded_at, action, actor, message_id, body, prev_hash, hash)
+VALUES (:recorded_at, :action, :actor, :message_id, :body, :prev_hash, :hash)
+RETURNING seq;
+
+-- name: read_audit
+SELECT seq, recorded_at, action, actor, message_id, body, prev_hash, hash
+  FROM audit WHERE seq > :after_seq ORDER BY seq LIMIT :limit;
+
+-- name: claim_due
+-- A delivery is claimable when it is due (pending and its time has come, or leased with an expired
+-- lease) and no older delivery for the same citizen and destination is still open.
+UPDATE deliveries
+   SET state = 'leased',
+       lease_owner = :worker_id,
+       lease_expires_at = :lease_expires_at,
+       attempts = attempts + 1,
+       first_attempt_at = COALESCE(first_attempt_at, :now)
+ WHERE seq IN (
+        SELECT d.seq FROM deliveries d
+         WHERE ((d.state = 'pending' AND d.next_attempt_at <= :now)
+                OR (d.state = 'leased' AND d.lease_expires_at <= :now))
+           AND (d.citizen_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries o
+                 WHERE o.citizen_key = d.citizen_key
+                   AND o.destination = d.destination
+                   AND o.seq < d.seq
+                   AND o.state IN ('pending', 'leased')))
+         ORDER BY d.next_attempt_at, d.seq
+         LIMIT :limit)
+RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
+          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at;
+
+-- name: lease_holder
+SELECT state, lease_owner FROM deliveries WHERE id = :id;
+
+-- name: complete
+UPDATE deliveries
+   SET state = 'delivered', delivered_at = :now, lease_owner = NULL, lease_expires_at = NULL,
+       last_error = NULL
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+
+-- name: schedule_retry
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = :retry_at, lease_owner = NULL, lease_expires_at = NULL,
+       last_error = :last_error
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+
+-- name: dead_letter
+UPDATE deliveries
+   SET state = 'dead', dead_at = :now, lease_owner = NULL, lease_expires_at = NULL, last_error = :reason
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+
+-- name: release
+-- The claim did not turn into an attempt, so it gives back the attempt it counted.
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = :now, lease_owner = NULL, lease_expires_at = NULL,
+       first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END,
+       attempts = MAX(attempts - 1, 0)
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+
+-- name: retry_dead
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = :now, attempts = 0, first_attempt_at = NULL, dead_at = NULL
+ WHERE id = :id AND state = 'dead';
+
+-- name: insert_attempt
+INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
+SELECT :delivery_id, attempts, :worker_id, :started_at, :latency_ms, :outcome, :status_code, :detail
+  FROM deliveries WHERE id = :delivery_id;
+
+-- name: receipt_by_ack
+SELECT r.delivery_id, d.message_id
+  FROM receipts r LEFT JOIN deliveries d ON d.id = r.delivery_id
+ WHERE r.ack_header_id = :ack_header_id;
+
+-- name: delivery_for_receipt
+SELECT id, message_id FROM deliveries
+ WHERE header_id = :acknowledged_header_id AND destination = :from_system
+ ORDER BY seq LIMIT 1;
+
+-- name: insert_receipt
+INSERT INTO receipts (ack_header_id, acknowledged_header_id, from_system, code, received_at, delivery_id)
+VALUES (:ack_header_id, :acknowledged_header_id, :from_system, :code, :received_at, :delivery_id);
+
+-- name: set_receipt
+UPDATE deliveries SET receipt_code = :code, receipt_at = :received_at WHERE id = :id;
+
+-- name: receipt_overdue
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries
+ WHERE state = 'delivered' AND expect_receipt = 1 AND receipt_code IS NULL
+   AND delivered_at <= :cutoff AND resends < :max_resends
+ ORDER BY delivered_at, seq
+ LIMIT :limit;
+
+-- name: resend
+UPDATE deliveries
+   SET state = 'pending', payload = :payload, resends = resends + 1, attempts = 0, first_attempt_at = NULL,
+       next_attempt_at = :now, delivered_at = NULL
+ WHERE id = :id AND state = 'delivered';
+
+-- name: deliveries_of_message
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries WHERE message_id = :message_id ORDER BY seq;
+
+-- name: attempts_of_delivery
+SELECT number, worker_id, started_at, latency_ms, outcome, status_code, detail
+  FROM attempts WHERE delivery_id = :delivery_id ORDER BY id;
+
+-- name: receipts_of_delivery
+SELECT ack_header_id, acknowledged_header_id, from_system, code, received_at, delivery_id
+  FROM receipts WHERE delivery_id = :delivery_id ORDER BY received_at, ack_header_id;
+
+-- name: list_messages
+SELECT * FROM (
+    SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+           m.response, m.payload IS NULL AS payload_purged,
+           (SELECT CASE
+                       WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
+                       WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
+                       ELSE 'delivered' END
+              FROM deliveries d WHERE d.message_id = m.id) AS state
+      FROM messages m
+     WHERE (:sender IS NULL OR m.sender = :sender)
+       AND (:kind IS NULL OR m.kind = :kind)
+       AND (:received_from IS NULL OR m.received_at >= :received_from)
+       AND (:received_to IS NULL OR m.received_at < :received_to)
+       AND (:destination IS NULL
+            OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.destination = :destination))
+) AS listed
+ WHERE (:state IS NULL OR listed.state = :state)
+ ORDER BY listed.received_at DESC, listed.id DESC
+ LIMIT :limit OFFSET :offset;
+
+-- name: list_deliveries
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries
+ WHERE (:state IS NULL OR state = :state)
+ ORDER BY seq
+ LIMIT :limit OFFSET :offset;
+
+-- name: purge_deliveries
+UPDATE deliveries SET payload = NULL
+ WHERE state = 'delivered' AND delivered_at < :cutoff AND payload IS NOT NULL;
+
+-- name: purge_messages
+UPDATE messages SET payload = NULL
+ WHERE received_at < :cutoff AND payload IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state <> 'delivered');
+
+-- name: set_admission
+INSERT INTO admissions (citizen_key, hospital, status, since)
+VALUES (:citizen_key, :hospital, :status, :since)
+ON CONFLICT (citizen_key) DO UPDATE
+   SET hospital = excluded.hospital, status = excluded.status, since = excluded.since
+ WHERE excluded.since >= admissions.since;
+
+-- name: current_admission
+SELECT citizen_key, hospital, status, since FROM admissions WHERE citizen_key = :citizen_key;
+
+-- name: count_by_state
+SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state;
+
+-- name: due_stats
+SELECT COALESCE(SUM(state = 'pending' AND next_attempt_at <= :now), 0) AS due,
+       COALESCE(SUM(state = 'leased' AND lease_expires_at <= :now), 0) AS expired_leases,
+       MIN(CASE WHEN state = 'pending' AND next_attempt_at <= :now THEN next_attempt_at END) AS oldest_due_at
+  FROM deliveries;
+
+-- name: ping
+SELECT 1;

@@ -1,0 +1,717 @@
+"""The embedded outbox store on SQLite (stdlib ``sqlite3``): the default for a single bridge process.
+
+Durability: WAL journal with ``synchronous=FULL``, so a committed ``accept`` survives ``kill -9`` and
+power loss before the sender hears 2xx. Concurrency: one writer connection behind a lock (SQLite has
+one writer at a time anyway; queuing in Python is cheaper than spinning on ``SQLITE_BUSY``), every
+write transaction opened with ``BEGIN IMMEDIATE`` so the read-then-write of a claim or a duplicate
+check cannot interleave with another process's, and ``busy_timeout`` for a second process on the same
+file (``--role api`` and ``--role worker`` side by side). Reads run on per-thread read-only
+connections and see the last committed state without waiting for the writer.
+
+Schema and queries live as SQL files in ``bridge/outbox/sql/sqlite/``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+from bridge.outbox.port import (
+    AUDIT_GENESIS,
+    AcceptResult,
+    Admission,
+    AdmissionStatus,
+    Attempt,
+    AttemptOutcome,
+    AttemptRecord,
+    AuditEntry,
+    AuditRecord,
+    ClaimedDelivery,
+    DeliveryRecord,
+    DeliveryState,
+    DeliveryTrace,
+    Duplicate,
+    InvalidTransition,
+    LeaseLost,
+    MessageFilter,
+    MessageRecord,
+    MessageState,
+    MessageTrace,
+    NewDelivery,
+    NewMessage,
+    NewReceipt,
+    NotFound,
+    PurgeResult,
+    QueueStats,
+    Receipt,
+    ReceiptCode,
+    ReceiptMatch,
+    StoreError,
+    StoreUnavailable,
+    audit_hash,
+    classify_duplicate,
+    format_timestamp,
+)
+from bridge.outbox.sql import load_migrations, load_queries
+
+_Q = load_queries("sqlite")
+_STATES: tuple[DeliveryState, ...] = ("pending", "leased", "delivered", "dead")
+
+
+def sqlite_path_from_url(url: str) -> Path:
+    """The file of a ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {parts.scheme or 'no scheme'}")
+    if parts.netloc:
+        raise ValueError("a sqlite URL has no host: write sqlite:///relative.db or sqlite:////absolute.db")
+    path = unquote(parts.path)
+    # sqlite:///var/bridge.db -> path "/var/bridge.db" -> relative "var/bridge.db"; four slashes -> absolute.
+    relative = path[1:] if path.startswith("/") else path
+    if not relative or relative.endswith("/"):
+        raise ValueError("a sqlite URL must name a database file")
+    return Path(relative)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (trigger bodies stay whole)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    rest = "\n".join(
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    )
+    if rest:
+        raise ValueError(f"incomplete SQL statement at the end of the script: {rest[:60]!r}")
+    return statements
+
+
+def _ts(when: datetime) -> str:
+    return format_timestamp(when)
+
+
+def _ts_opt(when: datetime | None) -> str | None:
+    return None if when is None else format_timestamp(when)
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _dt_opt(text: str | None) -> datetime | None:
+    return None if text is None else _dt(text)
+
+
+def _message(row: sqlite3.Row) -> MessageRecord:
+    return MessageRecord(
+        id=row["id"],
+        bundle_id=row["bundle_id"],
+        header_id=row["header_id"],
+        sender=row["sender"],
+        kind=row["kind"],
+        citizen_key=row["citizen_key"],
+        content_type=row["content_type"],
+        received_at=_dt(row["received_at"]),
+        response=bytes(row["response"]),
+        state=cast(MessageState, row["state"]),
+        payload_purged=bool(row["payload_purged"]),
+    )
+
+
+def _delivery(row: sqlite3.Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        message_id=row["message_id"],
+        destination=row["destination"],
+        citizen_key=row["citizen_key"],
+        state=cast(DeliveryState, row["state"]),
+        attempts=row["attempts"],
+        resends=row["resends"],
+        created_at=_dt(row["created_at"]),
+        next_attempt_at=_dt(row["next_attempt_at"]),
+        first_attempt_at=_dt_opt(row["first_attempt_at"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_dt_opt(row["lease_expires_at"]),
+        delivered_at=_dt_opt(row["delivered_at"]),
+        dead_at=_dt_opt(row["dead_at"]),
+        last_error=row["last_error"],
+        expect_receipt=bool(row["expect_receipt"]),
+        receipt_code=cast(ReceiptCode | None, row["receipt_code"]),
+        receipt_at=_dt_opt(row["receipt_at"]),
+        payload_purged=bool(row["payload_purged"]),
+    )
+
+
+def _attempt_params(delivery_id: str, worker_id: str, attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "worker_id": worker_id,
+        "started_at": _ts(attempt.started_at),
+        "latency_ms": attempt.latency / timedelta(milliseconds=1),
+        "outcome": attempt.outcome,
+        "status_code": attempt.status_code,
+        "detail": attempt.detail,
+    }
+
+
+class SqliteOutboxStore:
+    """``OutboxStore`` on one SQLite database file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: timedelta = timedelta(seconds=5)) -> None:
+        self._path = Path(path)
+        self._busy_ms = int(busy_timeout / timedelta(milliseconds=1))
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._closed = False
+        try:
+            self._writer = self._connect(readonly=False)
+            # WAL is a property of the file; setting it once on the writer is enough.
+            mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"the SQLite store could not switch to WAL (journal_mode={mode})")
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteOutboxStore:
+        """Open the store named by a ``sqlite:///...`` URL."""
+        return cls(sqlite_path_from_url(url))
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every write transaction is an explicit
+        # BEGIN IMMEDIATE ... COMMIT. check_same_thread=False because the writer is shared behind a lock
+        # and close() closes readers from whichever thread calls it.
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with BEGIN IMMEDIATE; rolled back on any exception."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite store: {exc}") from exc
+            try:
+                yield conn
+            except BaseException as exc:
+                conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise StoreError(str(exc)) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(f"SQLite store: {exc}") from exc
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite store: commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the writer and every reader connection."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- schema ----------------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply pending migrations, each in its own transaction; return how many were applied."""
+        migrations = load_migrations("sqlite")
+        applied = 0
+        for migration in migrations:
+            with self._write() as conn:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version ("
+                    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                # Checked inside the write transaction: two processes migrating at once apply each once.
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+                if done and max(done) > len(migrations):
+                    raise StoreError(
+                        f"the database has schema version {max(done)}, newer than this bridge knows "
+                        f"({len(migrations)}); upgrade the bridge"
+                    )
+                if migration.version in done:
+                    continue
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _ts(datetime.now(UTC))),
+                )
+                applied += 1
+        return applied
+
+    def schema_version(self) -> int:
+        """The highest applied migration (0 for an empty database)."""
+        with self._read() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+            if exists is None:
+                return 0
+            return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers."""
+        with self._read() as conn:
+            conn.execute(_Q["ping"]).fetchone()
+
+    # -- ingress ---------------------------------------------------------------------------------------
+
+    def accept(
+        self, message: NewMessage, deliveries: Sequence[NewDelivery], audit: AuditRecord
+    ) -> AcceptResult:
+        """Store message, deliveries and audit record in ONE transaction, or report the earlier duplicate."""
+        destinations = [d.destination for d in deliveries]
+        if len(set(destinations)) != len(destinations):
+            raise ValueError("a message has at most one delivery per destination")
+        ids = {"bundle_id": message.bundle_id, "header_id": message.header_id}
+        with self._write() as conn:
+            existing = classify_duplicate(
+                [_message(r) for r in conn.execute(_Q["message_by_ids"], ids)],
+                message.bundle_id,
+                message.header_id,
+            )
+            if existing is not None:
+                found = conn.execute(
+                    "SELECT id FROM deliveries WHERE message_id = ? ORDER BY seq", (existing.message.id,)
+                ).fetchall()
+                return AcceptResult(existing.message, tuple(r[0] for r in found), existing.kind)
+            received = _ts(message.received_at)
+            conn.execute(
+                _Q["insert_message"],
+                {
+                    "id": message.id,
+                    **ids,
+                    "sender": message.sender,
+                    "kind": message.kind,
+                    "citizen_key": message.citizen_key,
+                    "content_type": message.content_type,
+                    "payload": message.payload,
+                    "response": message.response,
+                    "received_at": received,
+                },
+            )
+            for delivery in deliveries:
+                conn.execute(
+                    _Q["insert_delivery"],
+                    {
+                        "id": delivery.id,
+                        "message_id": message.id,
+                        "header_id": message.header_id,
+                        "destination": delivery.destination,
+                        "citizen_key": message.citizen_key,
+                        "content_type": delivery.content_type,
+                        "payload": delivery.payload,
+                        "expect_receipt": int(delivery.expect_receipt),
+                        "created_at": received,
+                        "next_attempt_at": _ts(delivery.not_before or message.received_at),
+                    },
+                )
+            self._append_audit(conn, audit)
+            row = conn.execute(_Q["message_by_id_or_header"], {"id": message.id}).fetchone()
+            return AcceptResult(_message(row), tuple(d.id for d in deliveries), None)
+
+    def find_by_ids(self, bundle_id: str, header_id: str) -> Duplicate | None:
+        """The stored message matching either id, and how it matches; None when both are new."""
+        with self._read() as conn:
+            rows = conn.execute(_Q["message_by_ids"], {"bundle_id": bundle_id, "header_id": header_id})
+            return classify_duplicate([_message(r) for r in rows], bundle_id, header_id)
+
+    # -- dispatcher ------------------------------------------------------------------------------------
+
+    def claim_due(self, worker_id: str, now: datetime, lease: timedelta, limit: int) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if lease <= timedelta(0):
+            raise ValueError("a lease must be longer than zero")
+        params = {
+            "worker_id": worker_id,
+            "now": _ts(now),
+            "lease_expires_at": _ts(now + lease),
+            "limit": limit,
+        }
+        with self._write() as conn:
+            rows = conn.execute(_Q["claim_due"], params).fetchall()
+        rows.sort(key=lambda r: (r["next_attempt_at"], r["seq"]))
+        return [
+            ClaimedDelivery(
+                id=r["id"],
+                message_id=r["message_id"],
+                header_id=r["header_id"],
+                destination=r["destination"],
+                citizen_key=r["citizen_key"],
+                payload=bytes(r["payload"]) if r["payload"] is not None else b"",
+                content_type=r["content_type"],
+                attempt=r["attempts"],
+                accepted_at=_dt(r["created_at"]),
+                first_attempt_at=_dt(r["first_attempt_at"]),
+                lease_expires_at=_dt(r["lease_expires_at"]),
+                resends=r["resends"],
+                expect_receipt=bool(r["expect_receipt"]),
+            )
+            for r in rows
+        ]
+
+    def _leased_update(
+        self,
+        conn: sqlite3.Connection,
+        query: str,
+        params: Mapping[str, Any],
+        delivery_id: str,
+        worker_id: str,
+    ) -> None:
+        if conn.execute(_Q[query], params).rowcount == 1:
+            return
+        row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no delivery {delivery_id}")
+        holder = row["lease_owner"] or "nobody"
+        raise LeaseLost(
+            f"delivery {delivery_id} is {row['state']} with its lease held by {holder}, not by {worker_id}"
+        )
+
+    def complete(self, delivery_id: str, worker_id: str, attempt: AttemptRecord, now: datetime) -> None:
+        """Mark a leased delivery delivered and record the attempt; ``LeaseLost`` if no longer ours."""
+        with self._write() as conn:
+            params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
+            self._leased_update(conn, "complete", params, delivery_id, worker_id)
+            conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+
+    def schedule_retry(
+        self, delivery_id: str, worker_id: str, attempt: AttemptRecord, retry_at: datetime, now: datetime
+    ) -> None:
+        """Record a failed attempt and make the delivery due again at ``retry_at``."""
+        with self._write() as conn:
+            params = {
+                "id": delivery_id,
+                "worker_id": worker_id,
+                "retry_at": _ts(max(retry_at, now)),
+                "last_error": attempt.detail or attempt.outcome,
+            }
+            self._leased_update(conn, "schedule_retry", params, delivery_id, worker_id)
+            conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+
+    def dead_letter(
+        self, delivery_id: str, worker_id: str, attempt: AttemptRecord | None, reason: str, now: datetime
+    ) -> None:
+        """Give up on a leased delivery: record the last attempt (if any) and park it as dead."""
+        with self._write() as conn:
+            params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now), "reason": reason}
+            self._leased_update(conn, "dead_letter", params, delivery_id, worker_id)
+            if attempt is not None:
+                conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+
+    def release(self, delivery_id: str, worker_id: str, now: datetime) -> None:
+        """Hand a leased delivery back unattempted (graceful shutdown); it is due at once."""
+        with self._write() as conn:
+            params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
+            self._leased_update(conn, "release", params, delivery_id, worker_id)
+
+    def retry_dead(self, delivery_id: str, now: datetime) -> None:
+        """Operator replay: a dead delivery becomes due now with a fresh retry budget."""
+        with self._write() as conn:
+            if conn.execute(_Q["retry_dead"], {"id": delivery_id, "now": _ts(now)}).rowcount == 1:
+                return
+            row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id}")
+            raise InvalidTransition(f"delivery {delivery_id} is {row['state']}, not dead; nothing to replay")
+
+    def record_attempt(self, delivery_id: str, worker_id: str, attempt: AttemptRecord) -> None:
+        """Add an attempt to the trace without changing the delivery's state."""
+        with self._write() as conn:
+            params = _attempt_params(delivery_id, worker_id, attempt)
+            if conn.execute(_Q["insert_attempt"], params).rowcount == 0:
+                raise NotFound(f"no delivery {delivery_id}")
+
+    # -- receipts --------------------------------------------------------------------------------------
+
+    def record_receipt(self, receipt: NewReceipt) -> ReceiptMatch | None:
+        """Store a receipt and attach it to the delivery it acknowledges; None when none matches.
+
+        The receipt may arrive before the dispatcher has recorded the delivery as delivered (the
+        receiver answers asynchronously), so it attaches whatever the delivery's state.
+        """
+        with self._write() as conn:
+            seen = conn.execute(_Q["receipt_by_ack"], {"ack_header_id": receipt.ack_header_id}).fetchone()
+            if seen is not None:
+                if seen["delivery_id"] is None:
+                    return None
+                return ReceiptMatch(seen["delivery_id"], seen["message_id"], duplicate=True)
+            target = conn.execute(
+                _Q["delivery_for_receipt"],
+                {
+                    "acknowledged_header_id": receipt.acknowledged_header_id,
+                    "from_system": receipt.from_system,
+                },
+            ).fetchone()
+            conn.execute(
+                _Q["insert_receipt"],
+                {
+                    "ack_header_id": receipt.ack_header_id,
+                    "acknowledged_header_id": receipt.acknowledged_header_id,
+                    "from_system": receipt.from_system,
+                    "code": receipt.code,
+                    "received_at": _ts(receipt.received_at),
+                    "delivery_id": None if target is None else target["id"],
+                },
+            )
+            if target is None:
+                return None
+            conn.execute(
+                _Q["set_receipt"],
+                {"id": target["id"], "code": receipt.code, "received_at": _ts(receipt.received_at)},
+            )
+            return ReceiptMatch(target["id"], target["message_id"], duplicate=False)
+
+    def receipt_overdue(
+        self, now: datetime, wait: timedelta, max_resends: int, limit: int
+    ) -> list[DeliveryRecord]:
+        """Delivered deliveries that expect a receipt, got none within ``wait``, and may still be resent."""
+        params = {"cutoff": _ts(now - wait), "max_resends": max_resends, "limit": limit}
+        with self._read() as conn:
+            return [_delivery(r) for r in conn.execute(_Q["receipt_overdue"], params)]
+
+    def resend(self, delivery_id: str, payload: bytes, now: datetime) -> None:
+        """Queue a delivered delivery again with a new envelope (``payload``), counting one resend."""
+        with self._write() as conn:
+            params = {"id": delivery_id, "payload": payload, "now": _ts(now)}
+            if conn.execute(_Q["resend"], params).rowcount == 1:
+                return
+            row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id}")
+            raise InvalidTransition(
+                f"delivery {delivery_id} is {row['state']}; only a delivered one is resent"
+            )
+
+    # -- operators -------------------------------------------------------------------------------------
+
+    def message_trace(self, message_id: str) -> MessageTrace | None:
+        """The trace of a message by its id or its MessageHeader.id."""
+        with self._read() as conn:
+            row = conn.execute(_Q["message_by_id_or_header"], {"id": message_id}).fetchone()
+            if row is None:
+                return None
+            message = _message(row)
+            traces: list[DeliveryTrace] = []
+            for d in conn.execute(_Q["deliveries_of_message"], {"message_id": message.id}).fetchall():
+                attempts = tuple(
+                    Attempt(
+                        number=a["number"],
+                        worker_id=a["worker_id"],
+                        started_at=_dt(a["started_at"]),
+                        latency=timedelta(milliseconds=a["latency_ms"]),
+                        outcome=cast(AttemptOutcome, a["outcome"]),
+                        status_code=a["status_code"],
+                        detail=a["detail"],
+                    )
+                    for a in conn.execute(_Q["attempts_of_delivery"], {"delivery_id": d["id"]})
+                )
+                receipts = tuple(
+                    Receipt(
+                        ack_header_id=r["ack_header_id"],
+                        acknowledged_header_id=r["acknowledged_header_id"],
+                        from_system=r["from_system"],
+                        code=cast(ReceiptCode, r["code"]),
+                        received_at=_dt(r["received_at"]),
+                        delivery_id=r["delivery_id"],
+                    )
+                    for r in conn.execute(_Q["receipts_of_delivery"], {"delivery_id": d["id"]})
+                )
+                traces.append(DeliveryTrace(_delivery(d), attempts, receipts))
+            return MessageTrace(message, tuple(traces))
+
+    def list_messages(self, filters: MessageFilter) -> list[MessageRecord]:
+        """Messages matching ``filters``, newest first."""
+        params = {
+            "sender": filters.sender,
+            "destination": filters.destination,
+            "kind": filters.kind,
+            "state": filters.state,
+            "received_from": _ts_opt(filters.received_from),
+            "received_to": _ts_opt(filters.received_to),
+            "limit": filters.limit,
+            "offset": filters.offset,
+        }
+        with self._read() as conn:
+            return [_message(r) for r in conn.execute(_Q["list_messages"], params)]
+
+    def list_deliveries(
+        self, state: DeliveryState | None = None, limit: int = 100, offset: int = 0
+    ) -> list[DeliveryRecord]:
+        """Deliveries in ``state`` (all when None), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(_Q["list_deliveries"], {"state": state, "limit": limit, "offset": offset})
+            return [_delivery(r) for r in rows]
+
+    # -- audit -----------------------------------------------------------------------------------------
+
+    def _append_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> AuditEntry:
+        last = conn.execute(_Q["last_audit_hash"]).fetchone()
+        prev_hash = AUDIT_GENESIS if last is None else last["hash"]
+        digest = audit_hash(prev_hash, record)
+        seq = conn.execute(
+            _Q["insert_audit"],
+            {
+                "recorded_at": _ts(record.recorded_at),
+                "action": record.action,
+                "actor": record.actor,
+                "message_id": record.message_id,
+                "body": record.body,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            },
+        ).fetchone()[0]
+        return AuditEntry(int(seq), record, prev_hash, digest)
+
+    def append_audit(self, record: AuditRecord) -> AuditEntry:
+        """Append one record to the hash-chained audit trail."""
+        with self._write() as conn:
+            return self._append_audit(conn, record)
+
+    def read_audit(self, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries with ``seq > after_seq``, in order."""
+        with self._read() as conn:
+            rows = conn.execute(_Q["read_audit"], {"after_seq": after_seq, "limit": limit}).fetchall()
+        return [
+            AuditEntry(
+                seq=r["seq"],
+                record=AuditRecord(
+                    recorded_at=_dt(r["recorded_at"]),
+                    action=r["action"],
+                    actor=r["actor"],
+                    body=bytes(r["body"]),
+                    message_id=r["message_id"],
+                ),
+                prev_hash=r["prev_hash"],
+                hash=r["hash"],
+            )
+            for r in rows
+        ]
+
+    # -- retention -------------------------------------------------------------------------------------
+
+    def purge_payloads(self, older_than: datetime) -> PurgeResult:
+        """Drop payloads of deliveries delivered before ``older_than`` (dead ones are kept for replay).
+
+        A message's own body goes once it was received before ``older_than`` and every one of its
+        deliveries is delivered. Rows, attempts, receipts and the audit trail stay.
+        """
+        cutoff = {"cutoff": _ts(older_than)}
+        with self._write() as conn:
+            deliveries = conn.execute(_Q["purge_deliveries"], cutoff).rowcount
+            messages = conn.execute(_Q["purge_messages"], cutoff).rowcount
+        return PurgeResult(deliveries=deliveries, messages=messages)
+
+    # -- routing state ---------------------------------------------------------------------------------
+
+    def set_admission(self, admission: Admission) -> bool:
+        """Record a citizen's admission state; False when a newer state is already known."""
+        with self._write() as conn:
+            cur = conn.execute(
+                _Q["set_admission"],
+                {
+                    "citizen_key": admission.citizen_key,
+                    "hospital": admission.hospital,
+                    "status": admission.status,
+                    "since": _ts(admission.since),
+                },
+            )
+            return cur.rowcount == 1
+
+    def current_admission(self, citizen_key: str) -> Admission | None:
+        """The latest known admission state of a citizen."""
+        with self._read() as conn:
+            row = conn.execute(_Q["current_admission"], {"citizen_key": citizen_key}).fetchone()
+        if row is None:
+            return None
+        return Admission(
+            citizen_key=row["citizen_key"],
+            hospital=row["hospital"],
+            status=cast(AdmissionStatus, row["status"]),
+            since=_dt(row["since"]),
+        )
+
+    # -- metrics ---------------------------------------------------------------------------------------
+
+    def queue_stats(self, now: datetime) -> QueueStats:
+        """Delivery counts for metrics and health."""
+        with self._read() as conn:
+            by_state: dict[str, int] = dict.fromkeys(_STATES, 0)
+            for row in conn.execute(_Q["count_by_state"]):
+                by_state[row["state"]] = row["n"]
+            due = conn.execute(_Q["due_stats"], {"now": _ts(now)}).fetchone()
+        return QueueStats(
+            by_state=by_state,
+            due=int(due["due"]),
+            expired_leases=int(due["expired_leases"]),
+            oldest_due_at=_dt_opt(due["oldest_due_at"]),
+        )
