@@ -63,7 +63,9 @@ class RecordMetadata(_Model):
 
     source_system: NonEmpty = Field(description="The municipal care system that produced the record")
     record_id: ItemId = Field(description="The record's id in the source system")
-    version: NonEmpty = Field(description="Version of the record in the source system")
+    version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")] = Field(
+        description="Version of the record in the source system (letters, digits, '-' and '.')"
+    )
     last_changed: AwareDatetime = Field(description="When the record last changed")
 
 
@@ -280,7 +282,7 @@ class JournalNote(_Model):
 class Relative(_Model):
     id: ItemId
     name: NonEmpty
-    relationship: Literal["spouse", "partner", "child", "parent", "sibling", "friend", "guardian", "other"]
+    relationship: Literal["spouse", "partner", "child", "parent", "sibling", "friend", "guardian", "neighbour"]
     phone: Phone | None = None
 
 

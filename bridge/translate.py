@@ -1,0 +1,87 @@
+"""Translation between the municipal care record and FHIR R4, driven by the mapping specs.
+
+The pure entry points the command line and the service use. Input errors come back as
+``InvalidInput`` / ``UnmappableRecord`` carrying an OperationOutcome with the path of each problem.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bridge.errors import InvalidInput, UnmappableRecord
+from bridge.fhir.outcome import Issue, Outcome
+from bridge.mapping.engine import MappingSet, load_mapping_set
+from bridge.municipal.model import MunicipalRecord
+
+MAPPINGS_ENV = "BRIDGE_MAPPINGS_DIR"
+
+
+def default_mappings_dir() -> Path:
+    """``$BRIDGE_MAPPINGS_DIR``, else the ``mappings/`` folder of the project."""
+    configured = os.environ.get(MAPPINGS_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "mappings"
+
+
+@cache
+def _load(directory: str) -> MappingSet:
+    return load_mapping_set(Path(directory))
+
+
+def mapping_set(directory: Path | None = None) -> MappingSet:
+    """The compiled mappings of ``directory`` (default: ``default_mappings_dir()``), compiled once."""
+    return _load(str((directory or default_mappings_dir()).resolve()))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out.lstrip(".")
+
+
+def validation_issues(exc: ValidationError, prefix: str = "") -> list[Issue]:
+    """pydantic errors as OperationOutcome issues, one per problem, located by record path."""
+    issues = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = _loc(tuple(err["loc"]))
+        where = f"{prefix}{path}" if path else prefix.rstrip(".") or "(record)"
+        code = "required" if err["type"] == "missing" else "value"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        issues.append(Issue("error", code, message, (where,)))
+    return issues
+
+
+def parse_record(data: bytes | str | dict[str, Any]) -> MunicipalRecord:
+    """Validate a municipal record (JSON text or an already parsed object)."""
+    try:
+        if isinstance(data, dict):
+            return MunicipalRecord.model_validate(data)
+        return MunicipalRecord.model_validate_json(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_issues(exc), "the municipal record is not valid") from exc
+
+
+def record_to_fhir(record: MunicipalRecord, mappings: MappingSet | None = None) -> dict[str, Any]:
+    """A validated record -> a FHIR R4 Bundle (type collection) as a JSON-ready dict."""
+    ms = mappings or mapping_set()
+    return ms.to_fhir(record.model_dump(mode="json", exclude_none=True))
+
+
+def fhir_to_record(bundle: dict[str, Any], mappings: MappingSet | None = None) -> tuple[MunicipalRecord, Outcome]:
+    """A FHIR Bundle -> the municipal record, with a warning for each element the record cannot hold."""
+    ms = mappings or mapping_set()
+    data, outcome = ms.to_municipal(bundle)
+    try:
+        record = MunicipalRecord.model_validate(data)
+    except ValidationError as exc:
+        issues = validation_issues(exc, prefix="MunicipalRecord.")
+        raise UnmappableRecord(issues + outcome.issues, "the Bundle does not make a valid municipal record") from exc
+    outcome.extend(ms.left_behind(bundle, record.model_dump(mode="json", exclude_none=True)))
+    return record, outcome
