@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bridge.errors import InvalidInput, UnmappableRecord
-from bridge.fhir.outcome import Issue, Outcome
+from bridge.fhir.outcome import Issue, IssueCode, Outcome
 from bridge.mapping.engine import MappingSet, load_mapping_set
 from bridge.municipal.model import MunicipalRecord
 
@@ -52,7 +52,7 @@ def validation_issues(exc: ValidationError, prefix: str = "") -> list[Issue]:
     for err in exc.errors(include_url=False, include_input=False):
         path = _loc(tuple(err["loc"]))
         where = f"{prefix}{path}" if path else prefix.rstrip(".") or "(record)"
-        code = "required" if err["type"] == "missing" else "value"
+        code: IssueCode = "required" if err["type"] == "missing" else "value"
         message = str(err["msg"]).removeprefix("Value error, ")
         issues.append(Issue("error", code, message, (where,)))
     return issues
@@ -74,7 +74,9 @@ def record_to_fhir(record: MunicipalRecord, mappings: MappingSet | None = None) 
     return ms.to_fhir(record.model_dump(mode="json", exclude_none=True))
 
 
-def fhir_to_record(bundle: dict[str, Any], mappings: MappingSet | None = None) -> tuple[MunicipalRecord, Outcome]:
+def fhir_to_record(
+    bundle: dict[str, Any], mappings: MappingSet | None = None
+) -> tuple[MunicipalRecord, Outcome]:
     """A FHIR Bundle -> the municipal record, with a warning for each element the record cannot hold."""
     ms = mappings or mapping_set()
     data, outcome = ms.to_municipal(bundle)
@@ -82,6 +84,8 @@ def fhir_to_record(bundle: dict[str, Any], mappings: MappingSet | None = None) -
         record = MunicipalRecord.model_validate(data)
     except ValidationError as exc:
         issues = validation_issues(exc, prefix="MunicipalRecord.")
-        raise UnmappableRecord(issues + outcome.issues, "the Bundle does not make a valid municipal record") from exc
+        raise UnmappableRecord(
+            issues + outcome.issues, "the Bundle does not make a valid municipal record"
+        ) from exc
     outcome.extend(ms.left_behind(bundle, record.model_dump(mode="json", exclude_none=True)))
     return record, outcome

@@ -152,7 +152,7 @@ class _Compiler:
         is_list = src_steps[-1].each
         if any(s.each for s in src_steps[:-1]):
             raise self.fail((*at, "source"), "only the last step of a map's source may be a list ([])")
-        container = src_steps[:-1] + (paths.Step(src_steps[-1].name),) if is_list else src_steps
+        container = (*src_steps[:-1], paths.Step(src_steps[-1].name)) if is_list else src_steps
         key = data.get("key", "id")
         from_root = key.startswith("$.")
         key_steps = self.steps(key[2:] if from_root else key, (*at, "key"))
@@ -190,7 +190,12 @@ class _Compiler:
         return cmap
 
     def compile_rule(
-        self, rule: dict[str, Any], at: tuple[str | int, ...], cmap: CompiledMap, src_prefix: str, fhir_prefix: str
+        self,
+        rule: dict[str, Any],
+        at: tuple[str | int, ...],
+        cmap: CompiledMap,
+        src_prefix: str,
+        fhir_prefix: str,
     ) -> tuple[Forward | None, Reverse | None]:
         direction = rule.get("direction", "both")
         to_fhir = direction in ("both", "to-fhir")
@@ -205,11 +210,14 @@ class _Compiler:
             transform = transforms.get(rule["transform"])
             if transform is None:
                 known = ", ".join(sorted(transforms.REGISTRY))
-                raise self.fail((*at, "transform"), f"unknown transform {rule['transform']!r} (known: {known})")
+                raise self.fail(
+                    (*at, "transform"), f"unknown transform {rule['transform']!r} (known: {known})"
+                )
             if transform.inverse is None and direction == "both":
                 raise self.fail(
                     (*at, "transform"),
-                    f"transform {transform.name!r} has no inverse: use it with direction to-fhir or to-municipal",
+                    f"transform {transform.name!r} has no inverse: "
+                    "use it with direction to-fhir or to-municipal",
                 )
         conceptmap = None
         if "conceptmap" in rule:
@@ -252,7 +260,9 @@ class _Compiler:
 
             return forward_copy
 
-        def forward(item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str) -> None:
+        def forward(
+            item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str
+        ) -> None:
             setter(out, value)
 
         return forward
@@ -269,8 +279,8 @@ class _Compiler:
     ) -> tuple[Forward | None, Reverse | None]:
         each = src_steps[-1].each
         if each:
-            src_steps = src_steps[:-1] + (paths.Step(src_steps[-1].name),)
-            fhir_steps = fhir_steps[:-1] + (paths.Step(fhir_steps[-1].name),)
+            src_steps = (*src_steps[:-1], paths.Step(src_steps[-1].name))
+            fhir_steps = (*fhir_steps[:-1], paths.Step(fhir_steps[-1].name))
         try:
             get_src = paths.compile_getter(src_steps)
             set_src = paths.compile_setter(src_steps)
@@ -337,7 +347,9 @@ class _Compiler:
         plain_forward = fwd_fn is None and conceptmap is None
         plain_reverse = rev_fn is None and conceptmap is None
 
-        def forward(item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str) -> None:
+        def forward(
+            item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str
+        ) -> None:
             value = get_src(root if from_root else item)
             if value is MISSING or value is None:
                 return
@@ -351,7 +363,9 @@ class _Compiler:
                 if value is not MISSING:
                     set_fhir(out, value)
 
-        def reverse(node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str) -> None:
+        def reverse(
+            node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str
+        ) -> None:
             value = get_fhir(node)
             if value is MISSING or value is None:
                 return
@@ -365,7 +379,9 @@ class _Compiler:
                         return
             set_src(root if from_root else item, value)
 
-        return (forward if direction != "to-municipal" else None), (reverse if direction != "to-fhir" else None)
+        return (forward if direction != "to-municipal" else None), (
+            reverse if direction != "to-fhir" else None
+        )
 
     def ref_rule(
         self,
@@ -419,14 +435,16 @@ class _Compiler:
         if each != fhir_steps[-1].each:
             raise self.fail(at, "source and fhir must both end in [] or neither")
         if each:
-            src_steps = src_steps[:-1] + (paths.Step(src_steps[-1].name),)
-            fhir_steps = fhir_steps[:-1] + (paths.Step(fhir_steps[-1].name),)
+            src_steps = (*src_steps[:-1], paths.Step(src_steps[-1].name))
+            fhir_steps = (*fhir_steps[:-1], paths.Step(fhir_steps[-1].name))
         get_src = paths.compile_getter(src_steps)
         set_src = paths.compile_setter(src_steps)
         get_fhir = paths.compile_getter(fhir_steps)
         set_fhir = paths.compile_setter(fhir_steps)
 
-        def forward(item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str) -> None:
+        def forward(
+            item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str
+        ) -> None:
             value = get_src(root if from_root else item)
             if value is MISSING or value is None:
                 return
@@ -449,7 +467,9 @@ class _Compiler:
                 return None
             return found[1]
 
-        def reverse(node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str) -> None:
+        def reverse(
+            node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str
+        ) -> None:
             value = get_fhir(node)
             if value is MISSING or value is None:
                 return
@@ -501,7 +521,9 @@ class _Compiler:
 
             return (forward_when if to_fhir else None), (reverse_when if to_muni else None)
         if "fhir" not in rule or "source" not in rule:
-            raise self.fail(at, "a list rule needs fhir and source paths ending in [] (or use when for a group)")
+            raise self.fail(
+                at, "a list rule needs fhir and source paths ending in [] (or use when for a group)"
+            )
         fhir_steps = self.steps(rule["fhir"], (*at, "fhir"))
         from_root = rule["source"].startswith("$.")
         src_steps = self.steps(rule["source"][2:] if from_root else rule["source"], (*at, "source"))
@@ -509,13 +531,19 @@ class _Compiler:
             raise self.fail(at, "a list rule's fhir and source paths both end in []")
         cmap.reads.add(src_prefix + rule["source"])
         children = [
-            self.compile_rule(r, (*at, "rules", i), cmap, src_prefix + rule["source"] + ".", fhir_prefix + rule["fhir"] + ".")
+            self.compile_rule(
+                r,
+                (*at, "rules", i),
+                cmap,
+                src_prefix + rule["source"] + ".",
+                fhir_prefix + rule["fhir"] + ".",
+            )
             for i, r in enumerate(rule["rules"])
         ]
         fwds = [f for f, _ in children if f is not None]
         revs = [r for _, r in children if r is not None]
-        src_list = src_steps[:-1] + (paths.Step(src_steps[-1].name),)
-        fhir_list = fhir_steps[:-1] + (paths.Step(fhir_steps[-1].name),)
+        src_list = (*src_steps[:-1], paths.Step(src_steps[-1].name))
+        fhir_list = (*fhir_steps[:-1], paths.Step(fhir_steps[-1].name))
         get_src = paths.compile_getter(src_list)
         set_src = paths.compile_setter(src_list)
         get_fhir = paths.compile_getter(fhir_list)
@@ -523,7 +551,9 @@ class _Compiler:
         src_name = paths.render(src_list)
         fhir_name = paths.render(fhir_list)
 
-        def forward(item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str) -> None:
+        def forward(
+            item: dict[str, Any], root: dict[str, Any], out: dict[str, Any], ctx: _Ctx, loc: str
+        ) -> None:
             values = get_src(root if from_root else item)
             if values is MISSING or not values:
                 return
@@ -541,7 +571,9 @@ class _Compiler:
             elif made:
                 set_fhir(out, made)
 
-        def reverse(node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str) -> None:
+        def reverse(
+            node: dict[str, Any], item: dict[str, Any], root: dict[str, Any], res: _Resolver, loc: str
+        ) -> None:
             values = get_fhir(node)
             if not isinstance(values, list) or not values:
                 return
@@ -575,7 +607,9 @@ class MappingSet:
         """Map a record (JSON-mode dict of a validated MunicipalRecord) to a collection Bundle."""
         muni = self.namespace_key(record)
         if muni is MISSING:
-            raise UnmappableRecord([Issue("error", "required", "the record has no value at the id namespace path")])
+            raise UnmappableRecord(
+                [Issue("error", "required", "the record has no value at the id namespace path")]
+            )
         ctx = _Ctx(str(muni), self._singletons(record))
         entries: list[dict[str, Any]] = []
         for cmap in self.maps:
@@ -628,18 +662,29 @@ class MappingSet:
             raise UnmappableRecord([Issue("error", "structure", "expected a FHIR Bundle", ("Bundle",))])
         if bundle.get("type") not in ("collection", "transaction", "batch", "searchset", "document"):
             raise UnmappableRecord(
-                [Issue("error", "value", "Bundle.type must be collection, transaction or batch", ("Bundle.type",))]
+                [
+                    Issue(
+                        "error",
+                        "value",
+                        "Bundle.type must be collection, transaction or batch",
+                        ("Bundle.type",),
+                    )
+                ]
             )
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
-            raise UnmappableRecord([Issue("error", "structure", "Bundle.entry must be a list", ("Bundle.entry",))])
+            raise UnmappableRecord(
+                [Issue("error", "structure", "Bundle.entry must be a list", ("Bundle.entry",))]
+            )
         res = _Resolver()
         warnings: list[Issue] = []
         assigned: list[tuple[int, dict[str, Any], CompiledMap, str]] = []
         for i, entry in enumerate(entries):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
-                res.issues.append(Issue("error", "structure", "entry without a resource", (f"Bundle.entry[{i}]",)))
+                res.issues.append(
+                    Issue("error", "structure", "entry without a resource", (f"Bundle.entry[{i}]",))
+                )
                 continue
             rtype = resource.get("resourceType")
             cmap = next((m for m in self.by_type.get(str(rtype), ()) if m.takes(resource)), None)
@@ -656,7 +701,12 @@ class MappingSet:
             key = _item_id(resource)
             if key is None:
                 res.issues.append(
-                    Issue("error", "required", "resource without id or meta.source", (f"Bundle.entry[{i}].resource",))
+                    Issue(
+                        "error",
+                        "required",
+                        "resource without id or meta.source",
+                        (f"Bundle.entry[{i}].resource",),
+                    )
                 )
                 continue
             assigned.append((i, resource, cmap, key))
@@ -711,7 +761,9 @@ class MappingSet:
         for entry in again["entry"]:
             resource = entry["resource"]
             key = _item_id(resource)
-            cmap = next((m for m in self.by_type.get(resource["resourceType"], ()) if m.takes(resource)), None)
+            cmap = next(
+                (m for m in self.by_type.get(resource["resourceType"], ()) if m.takes(resource)), None
+            )
             if cmap is not None and key is not None:
                 regenerated[(cmap.name, key)] = resource
                 forward_refs[entry["fullUrl"]] = (cmap.name, key)
@@ -721,7 +773,10 @@ class MappingSet:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue
-            cmap = next((m for m in self.by_type.get(str(resource.get("resourceType")), ()) if m.takes(resource)), None)
+            cmap = next(
+                (m for m in self.by_type.get(str(resource.get("resourceType")), ()) if m.takes(resource)),
+                None,
+            )
             key = _item_id(resource)
             if cmap is None or key is None:
                 continue
@@ -747,10 +802,22 @@ class MappingSet:
                 )
         bundle_extra: list[str] = []
         bundle_again = {k: v for k, v in again.items() if k != "entry"}
-        _diff({k: v for k, v in bundle.items() if k != "entry"}, bundle_again, "", bundle_extra, {}, {}, top=True)
+        _diff(
+            {k: v for k, v in bundle.items() if k != "entry"},
+            bundle_again,
+            "",
+            bundle_extra,
+            {},
+            {},
+            top=True,
+        )
         issues.extend(
-            Issue("warning", "informational", "not kept: the municipal record has no place for this element",
-                  (f"Bundle{w}",))
+            Issue(
+                "warning",
+                "informational",
+                "not kept: the municipal record has no place for this element",
+                (f"Bundle{w}",),
+            )
             for w in bundle_extra
         )
         return issues
@@ -781,7 +848,7 @@ def _item_id(resource: dict[str, Any]) -> str | None:
     if isinstance(meta, dict):
         source = meta.get("source")
         if isinstance(source, str) and source.startswith(ITEM_SOURCE_PREFIX):
-            return unquote(source[len(ITEM_SOURCE_PREFIX):])
+            return unquote(source[len(ITEM_SOURCE_PREFIX) :])
     rid = resource.get("id")
     return rid if isinstance(rid, str) else None
 
@@ -848,7 +915,9 @@ def compile_specs(specs: list[SpecFile], conceptmaps: dict[str, ConceptMap]) -> 
         for i, m in enumerate(spec.data["maps"]):
             if m["name"] in names:
                 raise MappingSpecError(
-                    spec.name, spec.where(("maps", i, "name")), f"map name {m['name']!r} is also used in {names[m['name']]}"
+                    spec.name,
+                    spec.where(("maps", i, "name")),
+                    f"map name {m['name']!r} is also used in {names[m['name']]}",
                 )
             names[m["name"]] = spec.name
     compiled: list[CompiledMap] = []
@@ -866,7 +935,9 @@ def compile_specs(specs: list[SpecFile], conceptmaps: dict[str, ConceptMap]) -> 
         for m in group[:-1]:
             if not m.match:
                 raise MappingSpecError(
-                    m.file, m.name, f"several maps make {rtype}; each but the last needs a match to tell them apart"
+                    m.file,
+                    m.name,
+                    f"several maps make {rtype}; each but the last needs a match to tell them apart",
                 )
     return MappingSet(
         maps=maps,
@@ -884,7 +955,9 @@ def _namespace(specs: list[SpecFile]) -> paths.Getter:
     if len(declared) != 1:
         names = ", ".join(s.name for s, _ in declared) or "none"
         raise MappingSpecError(
-            "mappings", "namespace", f"exactly one spec declares the id namespace (record path); found: {names}"
+            "mappings",
+            "namespace",
+            f"exactly one spec declares the id namespace (record path); found: {names}",
         )
     spec, text = declared[0]
     try:

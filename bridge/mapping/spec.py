@@ -50,8 +50,10 @@ def _to_python(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[s
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else (
-                key_node.value
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if not isinstance(key_node, yaml.ScalarNode)
+                else (key_node.value)
             )
             key = str(key)
             if key in out:

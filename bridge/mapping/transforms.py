@@ -85,9 +85,13 @@ def _date_part(value: Any) -> str:
 
 register("base64-text", _b64encode, _b64decode, "text <-> base64 of its UTF-8 bytes (Attachment.data)")
 register("integer-code", _int_string, _string_int, "integer <-> its decimal string (codes such as severity)")
-register("percent-encode", lambda v: quote(str(v), safe=""), lambda v: unquote(str(v)), "text <-> URI-safe text")
+register(
+    "percent-encode", lambda v: quote(str(v), safe=""), lambda v: unquote(str(v)), "text <-> URI-safe text"
+)
 register("fsiii-display", _fsiii_display, None, "FSIII code -> its Danish display text (one-way)")
-register("fsiii-condition-kind", _condition_kind, None, "FSIII condition code -> nursing | home-care (one-way)")
+register(
+    "fsiii-condition-kind", _condition_kind, None, "FSIII condition code -> nursing | home-care (one-way)"
+)
 register("date-part", _date_part, None, "dateTime -> its date (one-way)")
 
 

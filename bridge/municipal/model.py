@@ -28,7 +28,7 @@ from pydantic import (
 from bridge.fhir import identifiers as ids
 from bridge.municipal import fsiii
 
-FORMAT = "municipal-v1"
+FORMAT: Literal["municipal-v1"] = "municipal-v1"
 
 
 class _Model(BaseModel):
@@ -90,7 +90,7 @@ class Citizen(_Model):
     cpr: Annotated[str, StringConstraints(min_length=10, max_length=10)]
     cpr_kind: Literal["cpr", "replacement"] | None = Field(
         default=None,
-        description="'cpr' for a CPR number, 'replacement' for an X-eCPR replacement number; derived if absent",
+        description="'cpr' for a CPR number, 'replacement' for an X-eCPR number; derived if absent",
     )
     name: PersonName
     address: Address | None = None
@@ -99,7 +99,7 @@ class Citizen(_Model):
 
     @model_validator(mode="after")
     def _check_cpr(self) -> Citizen:
-        kind = "replacement" if ids.is_replacement_cpr(self.cpr) else "cpr"
+        kind: Literal["cpr", "replacement"] = "replacement" if ids.is_replacement_cpr(self.cpr) else "cpr"
         if self.cpr_kind is not None and self.cpr_kind != kind:
             raise ValueError(f"cpr_kind is {self.cpr_kind!r} but the number is a {kind} number")
         problem = ids.check_replacement_cpr(self.cpr) if kind == "replacement" else ids.check_cpr(self.cpr)
@@ -113,7 +113,9 @@ class Citizen(_Model):
 class OrganizationRef(_Model):
     name: NonEmpty
     sor: Sor | None = Field(default=None, description="SOR id (Sundhedsvæsenets Organisationsregister)")
-    gln: Gln | None = Field(default=None, description="GLN/EAN location number, 13 digits with GS1 check digit")
+    gln: Gln | None = Field(
+        default=None, description="GLN/EAN location number, 13 digits with GS1 check digit"
+    )
 
 
 class Municipality(OrganizationRef):
@@ -148,7 +150,9 @@ class Condition(_Model):
         default=None, description="FSIII severity 0-4 or 9; required for home care, forbidden for nursing"
     )
     recorded: dt.date
-    follow_up: dt.date | None = Field(default=None, description="Planned follow-up date (planlagt opfølgning)")
+    follow_up: dt.date | None = Field(
+        default=None, description="Planned follow-up date (planlagt opfølgning)"
+    )
 
     @model_validator(mode="after")
     def _check_code(self) -> Condition:
@@ -171,7 +175,9 @@ class Goal(_Model):
     id: ItemId
     condition_id: ItemId = Field(description="The condition this goal addresses")
     expected_severity: Severity
-    lifecycle_status: Literal["proposed", "planned", "accepted", "active", "completed", "cancelled"] = "planned"
+    lifecycle_status: Literal["proposed", "planned", "accepted", "active", "completed", "cancelled"] = (
+        "planned"
+    )
     start: dt.date
 
 
@@ -183,9 +189,7 @@ class Intervention(_Model):
     code: FsiiiCode = Field(description="FSIII intervention code (level 2), UUID or legacy (e.g. H1.1)")
     local_code: NonEmpty | None = Field(default=None, description="Locally defined level-3 code")
     local_text: NonEmpty | None = Field(default=None, description="Display text of the local level-3 code")
-    status: Literal[
-        "draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"
-    ]
+    status: Literal["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
     start: AwareDatetime | dt.date = Field(description="Start (planned) or time performed (completed)")
     end: AwareDatetime | dt.date | None = Field(default=None, description="End of a planned intervention")
     condition_ids: list[ItemId] = Field(default_factory=list, description="Conditions this addresses")
@@ -282,7 +286,9 @@ class JournalNote(_Model):
 class Relative(_Model):
     id: ItemId
     name: NonEmpty
-    relationship: Literal["spouse", "partner", "child", "parent", "sibling", "friend", "guardian", "neighbour"]
+    relationship: Literal[
+        "spouse", "partner", "child", "parent", "sibling", "friend", "guardian", "neighbour"
+    ]
     phone: Phone | None = None
 
 
