@@ -1,0 +1,1 @@
+"""OutboxStore conformance and adapter tests."""

@@ -1,0 +1,752 @@
+"""The OutboxStore conformance suite: every adapter must pass all of it, on a real database."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from bridge.clock import FakeClock
+from bridge.outbox.port import (
+    AUDIT_GENESIS,
+    Admission,
+    AttemptRecord,
+    AuditRecord,
+    InvalidTransition,
+    LeaseLost,
+    MessageFilter,
+    NewDelivery,
+    NewReceipt,
+    NotFound,
+    OutboxStore,
+    StoreError,
+    StoreUnavailable,
+    verify_audit_chain,
+)
+
+from .conftest import (
+    ACK_OK,
+    ACK_TRANSIENT,
+    ADMISSION,
+    DISCHARGE,
+    DUPLICATE_A,
+    DUPLICATE_B,
+    LEAVE,
+    Messages,
+    load_example,
+)
+
+LEASE = timedelta(seconds=60)
+
+
+def ok(clock: FakeClock, status: int = 200) -> AttemptRecord:
+    return AttemptRecord(clock.now(), timedelta(milliseconds=12.5), "delivered", status, "")
+
+
+def failed(clock: FakeClock, status: int | None = 503, outcome: str = "transient") -> AttemptRecord:
+    assert outcome in ("transient", "permanent")
+    return AttemptRecord(
+        clock.now(),
+        timedelta(milliseconds=40),
+        "transient" if outcome == "transient" else "permanent",
+        status,
+        f"HTTP {status}" if status else "ConnectTimeout",
+    )
+
+
+def test_implements_the_port(store: OutboxStore) -> None:
+    assert isinstance(store, OutboxStore)
+
+
+def test_migrate_is_idempotent(store: OutboxStore) -> None:
+    assert store.migrate() == 0
+    store.ping()
+
+
+# -- accept ------------------------------------------------------------------------------------------
+
+
+def test_accept_commits_message_deliveries_and_audit_together(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION, destinations=("kbh", "aarhus"))
+    result = store.accept(message, deliveries, audit)
+
+    assert result.accepted and result.duplicate is None
+    assert result.delivery_ids == tuple(d.id for d in deliveries)
+    assert result.message.id == message.id
+    assert result.message.state == "in-flight"
+    trace = store.message_trace(message.id)
+    assert trace is not None
+    assert trace.message.header_id == load_example(ADMISSION).header_id
+    assert [t.delivery.destination for t in trace.deliveries] == ["kbh", "aarhus"]
+    assert all(t.delivery.state == "pending" and t.delivery.attempts == 0 for t in trace.deliveries)
+    entries = store.read_audit()
+    assert [(e.record.action, e.record.message_id) for e in entries] == [("message.accepted", message.id)]
+    assert entries[0].prev_hash == AUDIT_GENESIS
+
+
+def test_accept_is_all_or_nothing(store: OutboxStore, messages: Messages) -> None:
+    message, deliveries, audit = messages.build(destinations=("kbh", "aarhus"))
+    # The second delivery reuses the first one's id, so its insert fails after the message row was written.
+    clashing = [deliveries[0], replace(deliveries[1], id=deliveries[0].id)]
+    with pytest.raises(StoreError):
+        store.accept(message, clashing, audit)
+
+    assert store.message_trace(message.id) is None
+    assert store.find_by_ids(message.bundle_id, message.header_id) is None
+    assert store.read_audit() == []
+    assert store.list_deliveries() == []
+    # And the store still works afterwards.
+    assert store.accept(message, deliveries, audit).accepted
+
+
+def test_accept_rejects_two_deliveries_to_one_destination(store: OutboxStore, messages: Messages) -> None:
+    message, deliveries, audit = messages.build(destinations=("kbh",))
+    with pytest.raises(ValueError, match="one delivery per destination"):
+        store.accept(message, [deliveries[0], replace(deliveries[0], id=str(uuid.uuid4()))], audit)
+
+
+def test_exact_duplicate_returns_the_first_answer_and_stores_nothing(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    first = store.accept(*messages.from_example(ADMISSION))
+    clock.advance(5)
+    again = store.accept(*messages.from_example(ADMISSION))
+
+    assert again.duplicate == "same" and not again.accepted
+    assert again.message.id == first.message.id
+    assert again.message.response == first.message.response
+    assert again.delivery_ids == first.delivery_ids
+    assert len(store.list_deliveries()) == 1
+    assert len(store.read_audit()) == 1
+
+
+def test_resubmission_with_new_bundle_id_is_reported_as_header_reused(
+    store: OutboxStore, messages: Messages
+) -> None:
+    first = store.accept(*messages.from_example(DUPLICATE_A))
+    a, b = load_example(DUPLICATE_A), load_example(DUPLICATE_B)
+    assert a.header_id == b.header_id and a.bundle_id != b.bundle_id
+
+    again = store.accept(*messages.from_example(DUPLICATE_B))
+
+    assert again.duplicate == "header-reused"
+    assert again.message.id == first.message.id
+    assert len(store.list_deliveries()) == 1
+
+
+def test_reused_bundle_id_with_new_header_id_is_reported(store: OutboxStore, messages: Messages) -> None:
+    ex = load_example(ADMISSION)
+    first = store.accept(*messages.build(bundle_id=ex.bundle_id, header_id=ex.header_id))
+    again = store.accept(*messages.build(bundle_id=ex.bundle_id, header_id=str(uuid.uuid4())))
+    assert again.duplicate == "bundle-reused"
+    assert again.message.id == first.message.id
+
+
+def test_find_by_ids(store: OutboxStore, messages: Messages) -> None:
+    ex = load_example(ADMISSION)
+    stored = store.accept(*messages.from_example(ADMISSION)).message
+
+    assert store.find_by_ids(str(uuid.uuid4()), str(uuid.uuid4())) is None
+    same = store.find_by_ids(ex.bundle_id, ex.header_id)
+    header = store.find_by_ids(str(uuid.uuid4()), ex.header_id)
+    bundle = store.find_by_ids(ex.bundle_id, str(uuid.uuid4()))
+    assert same is not None and (same.kind, same.message.id) == ("same", stored.id)
+    assert header is not None and (header.kind, header.message.id) == ("header-reused", stored.id)
+    assert bundle is not None and (bundle.kind, bundle.message.id) == ("bundle-reused", stored.id)
+
+
+def test_concurrent_accepts_of_one_message_store_it_once(
+    store_factory: Callable[[], OutboxStore], messages: Messages
+) -> None:
+    stores = [store_factory(), store_factory()]  # two connections to one database, as two processes would
+    args = messages.from_example(ADMISSION)
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def submit(i: int) -> None:
+        barrier.wait()
+        results.append(stores[i % 2].accept(*args).accepted)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert len(stores[0].list_deliveries()) == 1
+
+
+# -- claim, lease, complete --------------------------------------------------------------------------
+
+
+def test_claim_leases_due_deliveries_once(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION, destinations=("kbh", "aarhus"))
+    store.accept(message, deliveries, audit)
+
+    claimed = store.claim_due("w1", clock.now(), LEASE, limit=10)
+
+    assert [c.destination for c in claimed] == ["kbh", "aarhus"]
+    first = claimed[0]
+    assert first.payload == deliveries[0].payload
+    assert first.header_id == message.header_id
+    assert first.attempt == 1
+    assert first.first_attempt_at == clock.now()
+    assert first.lease_expires_at == clock.now() + LEASE
+    assert store.claim_due("w2", clock.now(), LEASE, limit=10) == []
+    leased = store.list_deliveries("leased")
+    assert {d.lease_owner for d in leased} == {"w1"}
+
+
+def test_claim_respects_limit_and_not_before(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        store.accept(*messages.build())
+    store.accept(*messages.build(not_before_in=timedelta(minutes=5)))
+
+    long_lease = timedelta(hours=1)
+    assert len(store.claim_due("w1", clock.now(), long_lease, limit=2)) == 2
+    assert len(store.claim_due("w1", clock.now(), long_lease, limit=10)) == 1
+    assert store.claim_due("w1", clock.now(), long_lease, limit=10) == []
+    clock.advance(timedelta(minutes=5))
+    assert len(store.claim_due("w1", clock.now(), long_lease, limit=10)) == 1
+
+
+def test_expired_lease_is_reclaimed_by_another_worker(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    store.accept(*messages.from_example(ADMISSION))
+    (crashed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+
+    clock.advance(LEASE - timedelta(seconds=1))
+    assert store.claim_due("w2", clock.now(), LEASE, limit=1) == []
+    assert store.queue_stats(clock.now()).expired_leases == 0
+    clock.advance(timedelta(seconds=1))
+    assert store.queue_stats(clock.now()).expired_leases == 1
+    (reclaimed,) = store.claim_due("w2", clock.now(), LEASE, limit=1)
+
+    assert reclaimed.id == crashed.id
+    assert reclaimed.attempt == 2  # the crashed try counts: it may have reached the receiver
+    assert reclaimed.first_attempt_at == crashed.first_attempt_at
+    with pytest.raises(LeaseLost):
+        store.complete(crashed.id, "w1", ok(clock), clock.now())
+    store.complete(reclaimed.id, "w2", ok(clock), clock.now())
+    assert store.list_deliveries("delivered")[0].id == crashed.id
+
+
+def test_an_expired_lease_can_still_be_completed_by_its_holder(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    store.accept(*messages.build())
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    clock.advance(LEASE * 2)  # slow, but nobody else took it over
+    store.complete(claimed.id, "w1", ok(clock), clock.now())
+    assert store.list_deliveries("delivered")[0].id == claimed.id
+
+
+def test_complete_records_the_attempt_and_the_message_state(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION)
+    store.accept(message, deliveries, audit)
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    clock.advance(1)
+    store.complete(claimed.id, "w1", ok(clock, 202), clock.now())
+
+    trace = store.message_trace(message.header_id)  # by MessageHeader.id as well as by id
+    assert trace is not None
+    assert trace.message.state == "delivered"
+    (delivery,) = trace.deliveries
+    assert delivery.delivery.state == "delivered"
+    assert delivery.delivery.delivered_at == clock.now()
+    assert delivery.delivery.lease_owner is None
+    (attempt,) = delivery.attempts
+    assert (attempt.number, attempt.worker_id, attempt.status_code, attempt.outcome) == (
+        1,
+        "w1",
+        202,
+        "delivered",
+    )
+    assert attempt.latency == timedelta(milliseconds=12.5)
+    with pytest.raises(LeaseLost):
+        store.complete(claimed.id, "w1", ok(clock), clock.now())
+    with pytest.raises(NotFound):
+        store.complete(str(uuid.uuid4()), "w1", ok(clock), clock.now())
+
+
+def test_schedule_retry_makes_the_delivery_due_later(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    store.accept(*messages.build())
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.schedule_retry(
+        claimed.id, "w1", failed(clock, 503), clock.now() + timedelta(seconds=30), clock.now()
+    )
+
+    (pending,) = store.list_deliveries("pending")
+    assert pending.next_attempt_at == clock.now() + timedelta(seconds=30)
+    assert pending.last_error == "HTTP 503"
+    clock.advance(29)
+    assert store.claim_due("w1", clock.now(), LEASE, limit=1) == []
+    clock.advance(1)
+    (again,) = store.claim_due("w2", clock.now(), LEASE, limit=1)
+    assert again.attempt == 2
+    with pytest.raises(LeaseLost):
+        store.schedule_retry(claimed.id, "w1", failed(clock), clock.now(), clock.now())
+
+
+def test_dead_letter_and_operator_replay(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    message, deliveries, audit = messages.build()
+    store.accept(message, deliveries, audit)
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.dead_letter(
+        claimed.id, "w1", failed(clock, 422, "permanent"), "HTTP 422 from receiver", clock.now()
+    )
+
+    (dead,) = store.list_deliveries("dead")
+    assert dead.dead_at == clock.now() and dead.last_error == "HTTP 422 from receiver"
+    assert store.message_trace(message.id).message.state == "dead"  # type: ignore[union-attr]
+    assert store.claim_due("w1", clock.now(), LEASE, limit=1) == []
+    with pytest.raises(NotFound):
+        store.retry_dead(str(uuid.uuid4()), clock.now())
+
+
+def test_retry_dead_gives_a_fresh_budget(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    store.accept(*messages.build())
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.dead_letter(claimed.id, "w1", None, "max age reached", clock.now())
+    with pytest.raises(LeaseLost):
+        store.dead_letter(claimed.id, "w1", None, "twice", clock.now())
+
+    clock.advance(timedelta(hours=1))
+    store.retry_dead(claimed.id, clock.now())
+    (replayed,) = store.claim_due("w2", clock.now(), LEASE, limit=1)
+    assert replayed.id == claimed.id
+    assert replayed.attempt == 1
+    assert replayed.first_attempt_at == clock.now()
+    with pytest.raises(InvalidTransition):
+        store.retry_dead(claimed.id, clock.now())  # leased, not dead
+    with pytest.raises(NotFound):
+        store.retry_dead(str(uuid.uuid4()), clock.now())
+
+
+def test_release_hands_the_delivery_back_unattempted(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    store.accept(*messages.build())
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    clock.advance(1)
+    store.release(claimed.id, "w1", clock.now())
+
+    (pending,) = store.list_deliveries("pending")
+    assert (pending.attempts, pending.first_attempt_at, pending.lease_owner) == (0, None, None)
+    (again,) = store.claim_due("w2", clock.now(), LEASE, limit=1)
+    assert again.attempt == 1
+    with pytest.raises(LeaseLost):
+        store.release(claimed.id, "w1", clock.now())
+
+
+def test_record_attempt_adds_to_the_trace_only(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.build()
+    store.accept(message, deliveries, audit)
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.record_attempt(claimed.id, "w1", failed(clock, None))
+
+    trace = store.message_trace(message.id)
+    assert trace is not None
+    assert trace.deliveries[0].delivery.state == "leased"
+    assert [a.detail for a in trace.deliveries[0].attempts] == ["ConnectTimeout"]
+    with pytest.raises(NotFound):
+        store.record_attempt(str(uuid.uuid4()), "w1", ok(clock))
+
+
+# -- concurrency and order ---------------------------------------------------------------------------
+
+
+def test_two_claimers_never_share_a_delivery(
+    store_factory: Callable[[], OutboxStore], messages: Messages, clock: FakeClock
+) -> None:
+    first = store_factory()
+    second = store_factory()
+    total = 120
+    for i in range(total):
+        first.accept(*messages.build(citizen=f"citizen-{i % 40}", destinations=("kbh", "aarhus")))
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+    came_back_empty = {"a": False, "b": False}
+    completion_log: list[str] = []
+    log_lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def worker(name: str, store: OutboxStore) -> None:
+        # Rounds: both workers claim at the same moment, then complete what they got (heads of the
+        # per-citizen queues only become claimable once the delivery before them is done).
+        while True:
+            barrier.wait()
+            batch = store.claim_due(name, clock.now(), LEASE, limit=3)
+            for c in batch:
+                claimed[name].append(c.id)
+                store.complete(c.id, name, ok(clock), clock.now())
+                with log_lock:
+                    completion_log.append(c.id)
+            came_back_empty[name] = not batch
+            barrier.wait()
+            if all(came_back_empty.values()):
+                return
+
+    threads = [threading.Thread(target=worker, args=(n, s)) for n, s in (("a", first), ("b", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    all_claims = [d for ids in claimed.values() for d in ids]
+    assert len(all_claims) == len(set(all_claims)) == total * 2
+    assert claimed["a"] and claimed["b"]
+    assert first.queue_stats(clock.now()).by_state["delivered"] == total * 2
+    # Per citizen and destination, completions happened in acceptance order.
+    position = {d: i for i, d in enumerate(completion_log)}
+    pairs: dict[tuple[str | None, str], list[str]] = {}
+    for d in first.list_deliveries(limit=1000):  # oldest first
+        pairs.setdefault((d.citizen_key, d.destination), []).append(d.id)
+    for ids in pairs.values():
+        assert [position[i] for i in ids] == sorted(position[i] for i in ids)
+
+
+def test_same_citizen_same_destination_goes_out_in_acceptance_order(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    admission = messages.from_example(ADMISSION, destinations=("kbh", "aarhus"))
+    clock.advance(1)
+    leave = messages.from_example(LEAVE, destinations=("kbh",))
+    clock.advance(1)
+    discharge = messages.from_example(DISCHARGE, destinations=("kbh",))
+    other = messages.build(citizen="someone-else", destinations=("kbh",))
+    for args in (admission, leave, discharge, other):
+        store.accept(*args)
+    assert load_example(ADMISSION).cpr == load_example(DISCHARGE).cpr  # one citizen
+
+    claimed = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    # Only the admission is claimable for the citizen at kbh; aarhus and the other citizen are independent.
+    assert {(c.message_id, c.destination) for c in claimed} == {
+        (admission[0].id, "kbh"),
+        (admission[0].id, "aarhus"),
+        (other[0].id, "kbh"),
+    }
+    adm_kbh = next(c for c in claimed if c.message_id == admission[0].id and c.destination == "kbh")
+    for c in claimed:
+        if c is not adm_kbh:
+            store.complete(c.id, "w1", ok(clock), clock.now())
+    # The admission fails and waits for a retry: the leave and discharge still wait behind it.
+    store.schedule_retry(adm_kbh.id, "w1", failed(clock), clock.now() + timedelta(minutes=1), clock.now())
+    assert store.claim_due("w1", clock.now(), LEASE, limit=10) == []
+    clock.advance(timedelta(minutes=1))
+    (retry,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert retry.id == adm_kbh.id
+    store.complete(retry.id, "w1", ok(clock), clock.now())
+    (nxt,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert nxt.message_id == leave[0].id
+    store.complete(nxt.id, "w1", ok(clock), clock.now())
+    (last,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert last.message_id == discharge[0].id
+
+
+def test_a_dead_letter_stops_holding_its_citizen_and_replay_restores_its_place(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    first = messages.build(citizen="c1")
+    clock.advance(1)
+    second = messages.build(citizen="c1")
+    clock.advance(1)
+    third = messages.build(citizen="c1")
+    for args in (first, second, third):
+        store.accept(*args)
+
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert head.message_id == first[0].id
+    store.dead_letter(head.id, "w1", failed(clock, 400, "permanent"), "HTTP 400", clock.now())
+    (nxt,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert nxt.message_id == second[0].id
+    store.complete(nxt.id, "w1", ok(clock), clock.now())
+
+    store.retry_dead(head.id, clock.now())
+    (replayed,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert replayed.id == head.id  # ahead of the third, which was accepted later
+
+
+def test_messages_without_citizen_are_not_ordered(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        store.accept(*messages.build(citizen=None))
+    assert len(store.claim_due("w1", clock.now(), LEASE, limit=10)) == 3
+
+
+# -- receipts ----------------------------------------------------------------------------------------
+
+
+def test_receipt_correlates_to_the_delivery_it_acknowledges(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    ack = load_example(ACK_OK)
+    assert ack.response is not None
+    message, deliveries, audit = messages.build(
+        header_id=ack.response["identifier"], destinations=("kbh", "aarhus"), expect_receipt=True
+    )
+    store.accept(message, deliveries, audit)
+    receipt = NewReceipt(ack.header_id, ack.response["identifier"], "kbh", ack.response["code"], clock.now())
+
+    match = store.record_receipt(receipt)
+
+    assert match is not None and not match.duplicate
+    assert (match.delivery_id, match.message_id) == (deliveries[0].id, message.id)
+    again = store.record_receipt(replace(receipt, received_at=clock.now() + timedelta(seconds=5)))
+    assert again is not None and again.duplicate and again.delivery_id == deliveries[0].id
+    trace = store.message_trace(message.id)
+    assert trace is not None
+    kbh, aarhus = trace.deliveries
+    assert (kbh.delivery.receipt_code, kbh.delivery.receipt_at) == ("ok", clock.now())
+    assert [r.ack_header_id for r in kbh.receipts] == [ack.header_id]
+    assert aarhus.delivery.receipt_code is None and aarhus.receipts == ()
+
+
+def test_receipt_for_an_unknown_message_or_from_the_wrong_system_matches_nothing(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    ack = load_example(ACK_TRANSIENT)
+    assert ack.response is not None
+    message, deliveries, audit = messages.build(header_id=ack.response["identifier"], destinations=("kbh",))
+    store.accept(message, deliveries, audit)
+
+    unknown = NewReceipt(str(uuid.uuid4()), str(uuid.uuid4()), "kbh", "ok", clock.now())
+    assert store.record_receipt(unknown) is None
+    assert store.record_receipt(unknown) is None  # stored once, still unmatched
+    wrong_sender = NewReceipt(
+        ack.header_id, ack.response["identifier"], "aarhus", "transient-error", clock.now()
+    )
+    assert store.record_receipt(wrong_sender) is None
+    assert store.list_deliveries()[0].receipt_code is None
+
+
+def test_missing_receipt_triggers_resend_up_to_the_limit(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    wait = timedelta(minutes=30)
+    message, deliveries, audit = messages.from_example(ADMISSION, expect_receipt=True)
+    store.accept(message, deliveries, audit)
+    no_receipt_wanted = messages.build(expect_receipt=False)
+    store.accept(*no_receipt_wanted)
+    for c in store.claim_due("w1", clock.now(), LEASE, limit=10):
+        store.complete(c.id, "w1", ok(clock), clock.now())
+
+    clock.advance(wait - timedelta(seconds=1))
+    assert store.receipt_overdue(clock.now(), wait, max_resends=2, limit=10) == []
+    clock.advance(timedelta(seconds=1))
+    (overdue,) = store.receipt_overdue(clock.now(), wait, max_resends=2, limit=10)
+    assert overdue.id == deliveries[0].id
+
+    store.resend(overdue.id, b"new envelope", clock.now())
+    (resent,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert (resent.payload, resent.resends, resent.attempt) == (b"new envelope", 1, 1)
+    store.complete(resent.id, "w1", ok(clock), clock.now())
+    clock.advance(wait)
+    (overdue,) = store.receipt_overdue(clock.now(), wait, max_resends=2, limit=10)
+    assert overdue.resends == 1
+    assert store.receipt_overdue(clock.now(), wait, max_resends=1, limit=10) == []
+    store.resend(overdue.id, b"third envelope", clock.now())
+    with pytest.raises(InvalidTransition):
+        store.resend(overdue.id, b"not while pending", clock.now())
+    with pytest.raises(NotFound):
+        store.resend(str(uuid.uuid4()), b"x", clock.now())
+
+    # A receipt ends the wait.
+    store.complete(store.claim_due("w1", clock.now(), LEASE, limit=1)[0].id, "w1", ok(clock), clock.now())
+    store.record_receipt(NewReceipt(str(uuid.uuid4()), message.header_id, "kbh", "ok", clock.now()))
+    clock.advance(wait)
+    assert store.receipt_overdue(clock.now(), wait, max_resends=5, limit=10) == []
+
+
+# -- operators ---------------------------------------------------------------------------------------
+
+
+def test_list_messages_filters(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    start = clock.now()
+    from_rh = messages.from_example(ADMISSION, destinations=("kbh",), sender="rh")
+    store.accept(*from_rh)
+    clock.advance(10)
+    from_kbh = messages.build(sender="kbh", destinations=("rh",), kind="care-communication")
+    store.accept(*from_kbh)
+    clock.advance(10)
+    dead = messages.build(sender="rh", destinations=("aarhus",))
+    store.accept(*dead)
+    for c in store.claim_due("w1", clock.now(), LEASE, limit=10):
+        if c.message_id == dead[0].id:
+            store.dead_letter(c.id, "w1", None, "gone", clock.now())
+        elif c.message_id == from_kbh[0].id:
+            store.complete(c.id, "w1", ok(clock), clock.now())
+
+    def ids(**kw: object) -> list[str]:
+        return [m.id for m in store.list_messages(MessageFilter(**kw))]  # type: ignore[arg-type]
+
+    assert ids() == [dead[0].id, from_kbh[0].id, from_rh[0].id]  # newest first
+    assert ids(sender="rh") == [dead[0].id, from_rh[0].id]
+    assert ids(destination="rh") == [from_kbh[0].id]
+    assert ids(kind="care-communication") == [from_kbh[0].id]
+    assert ids(state="dead") == [dead[0].id]
+    assert ids(state="delivered") == [from_kbh[0].id]
+    assert ids(state="in-flight") == [from_rh[0].id]
+    assert ids(received_from=start + timedelta(seconds=10)) == [dead[0].id, from_kbh[0].id]
+    assert ids(received_to=start + timedelta(seconds=10)) == [from_rh[0].id]
+    assert ids(limit=1, offset=1) == [from_kbh[0].id]
+
+
+def test_list_deliveries_by_state(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    store.accept(*messages.build(destinations=("kbh", "aarhus", "odense")))
+    a, b, _ = store.claim_due("w1", clock.now(), LEASE, limit=3)
+    store.complete(a.id, "w1", ok(clock), clock.now())
+    store.dead_letter(b.id, "w1", None, "refused", clock.now())
+
+    assert [d.destination for d in store.list_deliveries()] == ["kbh", "aarhus", "odense"]
+    assert [d.destination for d in store.list_deliveries("delivered")] == ["kbh"]
+    assert [d.destination for d in store.list_deliveries("dead")] == ["aarhus"]
+    assert [d.destination for d in store.list_deliveries("leased")] == ["odense"]
+    assert store.list_deliveries("pending") == []
+    assert [d.destination for d in store.list_deliveries(limit=1, offset=2)] == ["odense"]
+
+
+def test_message_trace_of_unknown_id_is_none(store: OutboxStore) -> None:
+    assert store.message_trace(str(uuid.uuid4())) is None
+
+
+# -- audit -------------------------------------------------------------------------------------------
+
+
+def test_audit_is_a_hash_chain(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    store.accept(*messages.build())
+    for i in range(4):
+        clock.advance(1)
+        store.append_audit(AuditRecord(clock.now(), "delivery.attempted", f"w{i}", b'{"n":%d}' % i))
+
+    entries = store.read_audit()
+    assert [e.seq for e in entries] == sorted(e.seq for e in entries) and len(entries) == 5
+    assert verify_audit_chain(entries) is None
+    assert all(later.prev_hash == earlier.hash for earlier, later in itertools.pairwise(entries))
+    tail = store.read_audit(after_seq=entries[2].seq, limit=10)
+    assert [e.seq for e in tail] == [entries[3].seq, entries[4].seq]
+    assert verify_audit_chain(tail, prev_hash=entries[2].hash) is None
+
+    tampered = list(entries)
+    tampered[2] = replace(entries[2], record=replace(entries[2].record, actor="someone-else"))
+    assert verify_audit_chain(tampered) == entries[2].seq
+
+
+# -- retention ---------------------------------------------------------------------------------------
+
+
+def test_purge_drops_delivered_payloads_only(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    delivered = messages.build(destinations=("kbh",))
+    dead = messages.build(destinations=("aarhus",))
+    partly = messages.build(destinations=("kbh", "odense"))
+    for args in (delivered, dead, partly):
+        store.accept(*args)
+    for c in store.claim_due("w1", clock.now(), timedelta(days=7), limit=10):
+        if c.destination == "aarhus":
+            store.dead_letter(c.id, "w1", None, "refused", clock.now())
+        elif c.destination == "kbh":
+            store.complete(c.id, "w1", ok(clock), clock.now())
+        # odense stays leased
+    clock.advance(timedelta(days=1))
+    late = messages.build(destinations=("kbh",))
+    store.accept(*late)
+    (late_claim,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.complete(late_claim.id, "w1", ok(clock), clock.now())
+
+    result = store.purge_payloads(older_than=clock.now() - timedelta(hours=1))
+
+    assert (result.deliveries, result.messages) == (2, 1)
+    purged = {d.id: d.payload_purged for d in store.list_deliveries()}
+    assert purged == {
+        delivered[1][0].id: True,
+        dead[1][0].id: False,
+        partly[1][0].id: True,
+        partly[1][1].id: False,
+        late[1][0].id: False,
+    }
+    states = {m.id: m.payload_purged for m in store.list_messages(MessageFilter())}
+    assert states == {delivered[0].id: True, dead[0].id: False, partly[0].id: False, late[0].id: False}
+    assert store.purge_payloads(older_than=clock.now() - timedelta(hours=1)) == type(result)(0, 0)
+    # The trace survives the purge.
+    trace = store.message_trace(delivered[0].id)
+    assert trace is not None and trace.deliveries[0].attempts[0].outcome == "delivered"
+
+
+# -- admissions --------------------------------------------------------------------------------------
+
+
+def test_admission_state_follows_the_newest_notification(store: OutboxStore, clock: FakeClock) -> None:
+    key = load_example(ADMISSION).citizen_key
+    assert key is not None
+    assert store.current_admission(key) is None
+    admitted = Admission(key, "rh", "admitted", clock.now())
+    assert store.set_admission(admitted)
+    assert store.current_admission(key) == admitted
+    assert store.current_admission(key).is_admitted  # type: ignore[union-attr]
+
+    discharged = Admission(key, "rh", "discharged", clock.now() + timedelta(days=3))
+    assert store.set_admission(discharged)
+    # A late-arriving older notification does not undo the discharge.
+    assert not store.set_admission(Admission(key, "rh", "on-leave", clock.now() + timedelta(days=1)))
+    current = store.current_admission(key)
+    assert current == discharged and not current.is_admitted
+    elsewhere = Admission(key, "ouh", "admitted", clock.now() + timedelta(days=10))
+    assert store.set_admission(elsewhere)
+    assert store.current_admission(key) == elsewhere
+
+
+# -- health ------------------------------------------------------------------------------------------
+
+
+def test_queue_stats(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    empty = store.queue_stats(clock.now())
+    assert (empty.by_state, empty.due, empty.oldest_due_at) == (
+        {"pending": 0, "leased": 0, "delivered": 0, "dead": 0},
+        0,
+        None,
+    )
+    start = clock.now()
+    store.accept(*messages.build(destinations=("kbh", "aarhus", "odense")))
+    store.accept(*messages.build(not_before_in=timedelta(hours=1)))
+    clock.advance(5)
+    (a,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.complete(a.id, "w1", ok(clock), clock.now())
+
+    stats = store.queue_stats(clock.now())
+    assert stats.by_state == {"pending": 3, "leased": 0, "delivered": 1, "dead": 0}
+    assert stats.due == 2
+    assert stats.oldest_due_at == start
+
+
+def test_closed_store_is_unavailable(store: OutboxStore) -> None:
+    store.ping()
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.append_audit(AuditRecord(FakeClock().now(), "x", "y", b"{}"))
+
+
+def test_ids_reach_the_deliveries(store: OutboxStore, messages: Messages) -> None:
+    message, deliveries, audit = messages.build(destinations=("kbh",))
+    explicit = NewDelivery("aarhus", b"x", "application/json", id="fixed-delivery-id")
+    result = store.accept(message, [*deliveries, explicit], audit)
+    assert result.delivery_ids[-1] == "fixed-delivery-id"
