@@ -1,0 +1,1 @@
+"""Delivery: claim, send, classify the outcome, decide on a retry, acknowledge."""
