@@ -34,10 +34,15 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _canonical_divs(value: Any) -> Any:
-    """Narrative compared as XML (C14N 2.0): XML cannot keep a JSON string's quote style or attribute order."""
+    """Narrative compared as XML (C14N 2.0).
+
+    XML cannot keep a JSON string's quote style or attribute order; everything else must be equal.
+    """
     if isinstance(value, dict):
         return {
-            k: etree.tostring(etree.fromstring(v.encode()), method="c14n2") if k == "div" else _canonical_divs(v)
+            k: etree.tostring(etree.fromstring(v.encode()), method="c14n2")
+            if k == "div"
+            else _canonical_divs(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -97,8 +102,11 @@ def test_lexical_forms_fhir_resources_would_normalise_survive() -> None:
 def test_primitive_extensions_and_repeats_keep_their_alignment() -> None:
     patient = {
         "resourceType": "Patient",
-        "name": [{"family": "Hansen", "given": ["Jens", "Peter"],
-                  "_given": [None, {"extension": [{"url": "http://example.org/x", "valueString": "kaldenavn"}]}]}],
+        "name": [{
+            "family": "Hansen",
+            "given": ["Jens", "Peter"],
+            "_given": [None, {"extension": [{"url": "http://example.org/x", "valueString": "kaldenavn"}]}],
+        }],
         "_birthDate": {"extension": [{"url": "http://example.org/y", "valueBoolean": True}]},
     }
     xml = to_xml(patient)
@@ -213,7 +221,8 @@ def test_external_dtd_is_refused(tmp_path: Path) -> None:
 
 def test_deep_xml_is_refused() -> None:
     depth = 100_000
-    xml = b'<Patient xmlns="http://hl7.org/fhir">' + b"<extension>" * depth + b"</extension>" * depth + b"</Patient>"
+    inner = b"<extension>" * depth + b"</extension>" * depth
+    xml = b'<Patient xmlns="http://hl7.org/fhir">' + inner + b"</Patient>"
     with pytest.raises(InvalidInput) as exc:
         parse_xml(xml)
     assert _error(exc)[0] in ("too-long", "structure")
