@@ -14,6 +14,7 @@ and compared with the input: every input element the record could not hold is re
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,22 +38,37 @@ BUNDLE = "Bundle"
 
 
 class _Ctx:
-    """Per-run state: the namespace key, singleton ids, and the issues found."""
+    """Per-run state: the namespace key, singleton ids, ids made so far, and the issues found."""
 
-    __slots__ = ("issues", "muni", "singletons")
+    __slots__ = ("ids", "issues", "muni", "singletons")
 
     def __init__(self, muni: str, singletons: dict[str, str]) -> None:
         self.muni = muni
         self.singletons = singletons
         self.issues: list[Issue] = []
+        self.ids: dict[tuple[str, str], str] = {}
+
+    def id(self, map_name: str, item_id: str) -> str:
+        key = (map_name, item_id)
+        made = self.ids.get(key)
+        if made is None:
+            made = self.ids[key] = resource_id(self.muni, map_name, item_id)
+        return made
 
     def ref(self, map_name: str, item_id: str) -> str:
-        return "urn:uuid:" + resource_id(self.muni, map_name, item_id)
+        return "urn:uuid:" + self.id(map_name, item_id)
+
+
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 
 def resource_id(muni: str, map_name: str, item_id: str) -> str:
-    """The deterministic id of the resource a map makes from an item."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{muni}/{map_name}/{item_id}"))
+    """The deterministic id of the resource a map makes from an item: UUID v5 (RFC 4122), as uuid.uuid5."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{muni}/{map_name}/{item_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # Forward rule: (item, root record, out node, ctx, location) -> None
@@ -90,12 +106,12 @@ class CompiledMap:
         if self.source_is_list:
             base = self.source[:-2]
             for i, item in enumerate(value):
-                if self._selected(item):
+                if self.selected(item):
                     yield f"{base}[{i}]", item
-        elif self._selected(value):
+        elif self.selected(value):
             yield self.source, value
 
-    def _selected(self, item: Any) -> bool:
+    def selected(self, item: Any) -> bool:
         for get, _, want in self.where:
             got = get(item)
             if want == "*":
@@ -601,6 +617,7 @@ class MappingSet:
     by_name: dict[str, CompiledMap]
     namespace_key: paths.Getter
     files: list[str]
+    groups: list[list[CompiledMap]] = field(default_factory=list)  # maps by shared source, in Bundle order
 
     # --- municipal -> FHIR
     def to_fhir(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -612,21 +629,33 @@ class MappingSet:
             )
         ctx = _Ctx(str(muni), self._singletons(record))
         entries: list[dict[str, Any]] = []
-        for cmap in self.maps:
-            get_key = cmap.get_key
-            for loc, item in cmap.items(record):
-                key = get_key(record if cmap.key_from_root else item)
-                if key is MISSING:
-                    ctx.issues.append(Issue("error", "required", f"no item id at {cmap.key}", (loc,)))
-                    continue
-                rid = resource_id(ctx.muni, cmap.name, str(key))
-                meta: dict[str, Any] = {"source": ITEM_SOURCE_PREFIX + quote(str(key), safe="")}
-                if cmap.profile:
-                    meta["profile"] = [cmap.profile]
-                resource: dict[str, Any] = {"resourceType": cmap.resource_type, "id": rid, "meta": meta}
-                for rule in cmap.forward:
-                    rule(item, record, resource, ctx, loc)
-                entries.append({"fullUrl": "urn:uuid:" + rid, "resource": resource})
+        for group in self.groups:
+            # maps that share a source run item by item, so the way back rebuilds the list in its order
+            first = group[0]
+            value = first.get_source(record)
+            if value is MISSING or value is None:
+                continue
+            if first.source_is_list:
+                base = first.source[:-2]
+                located = [(f"{base}[{i}]", item) for i, item in enumerate(value)]
+            else:
+                located = [(first.source, value)]
+            for loc, item in located:
+                for cmap in group:
+                    if cmap.where and not cmap.selected(item):
+                        continue
+                    key = cmap.get_key(record if cmap.key_from_root else item)
+                    if key is MISSING:
+                        ctx.issues.append(Issue("error", "required", f"no item id at {cmap.key}", (loc,)))
+                        continue
+                    rid = ctx.id(cmap.name, str(key))
+                    meta: dict[str, Any] = {"source": ITEM_SOURCE_PREFIX + quote(str(key), safe="")}
+                    if cmap.profile:
+                        meta["profile"] = [cmap.profile]
+                    resource: dict[str, Any] = {"resourceType": cmap.resource_type, "id": rid, "meta": meta}
+                    for rule in cmap.forward:
+                        rule(item, record, resource, ctx, loc)
+                    entries.append({"fullUrl": "urn:uuid:" + rid, "resource": resource})
         bundle: dict[str, Any] = {"resourceType": "Bundle"}
         for cmap in self.bundle_maps:
             for loc, item in cmap.items(record):
@@ -789,6 +818,8 @@ class MappingSet:
                 pairs.append((i, resource, other))
         issues: list[Issue] = []
         for i, original, other in pairs:
+            if orjson.dumps(original) == orjson.dumps(other):
+                continue
             found: list[str] = []
             _diff(original, other, "", found, input_refs, forward_refs, top=True)
             for where in found:
@@ -939,7 +970,11 @@ def compile_specs(specs: list[SpecFile], conceptmaps: dict[str, ConceptMap]) -> 
                     m.name,
                     f"several maps make {rtype}; each but the last needs a match to tell them apart",
                 )
+    groups: dict[str, list[CompiledMap]] = {}
+    for m in maps:
+        groups.setdefault(m.source, []).append(m)
     return MappingSet(
+        groups=list(groups.values()),
         maps=maps,
         conceptmaps=conceptmaps,
         bundle_maps=bundle_maps,

@@ -205,45 +205,73 @@ def compile_setter(steps: tuple[Step, ...]) -> Setter:
         return lambda node, value: _set_plain(node, names, value)
 
     last = steps[-1]
-    body = steps[:-1]
+    if last.key is not None:
+        raise PathError(f"a path cannot end in a selector: {render(steps)!r}")
+    descenders = tuple(_descender(step) for step in steps[:-1])
+    name = last.name
+    if last.index is None:
 
-    def descend(node: dict[str, Any], step: Step) -> dict[str, Any]:
-        if step.index is None and step.key is None:
-            child = node.get(step.name)
-            if not isinstance(child, dict):
-                child = node[step.name] = {}
-            return child
-        items = node.get(step.name)
+        def set_field(node: dict[str, Any], value: Any) -> None:
+            for down in descenders:
+                node = down(node)
+            node[name] = value
+
+        return set_field
+    index = last.index
+
+    def set_item(node: dict[str, Any], value: Any) -> None:
+        for down in descenders:
+            node = down(node)
+        items = node.get(name)
         if not isinstance(items, list):
-            items = node[step.name] = []
-        if step.index is not None:
-            while len(items) <= step.index:
+            items = node[name] = []
+        while len(items) <= index:
+            items.append(None)
+        items[index] = value
+
+    return set_item
+
+
+def _descender(step: Step) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """One step of a write: return the child container, creating it when missing."""
+    name = step.name
+    if step.index is None and step.key is None:
+
+        def field(node: dict[str, Any]) -> dict[str, Any]:
+            child = node.get(name)
+            if child.__class__ is not dict:
+                child = node[name] = {}
+            return child  # type: ignore[no-any-return]
+
+        return field
+    if step.index is not None:
+        index = step.index
+
+        def item(node: dict[str, Any]) -> dict[str, Any]:
+            items = node.get(name)
+            if items.__class__ is not list:
+                items = node[name] = []
+            assert isinstance(items, list)
+            while len(items) <= index:
                 items.append({})
-            found: dict[str, Any] = items[step.index]
+            found: dict[str, Any] = items[index]
             return found
-        assert step.key is not None
-        _, match = _match(items, step.key, step.values)
+
+        return item
+    key, values = step.key, step.values
+    assert key is not None
+
+    def select(node: dict[str, Any]) -> dict[str, Any]:
+        items = node.get(name)
+        if items.__class__ is not list:
+            items = node[name] = []
+        assert isinstance(items, list)
+        _, match = _match(items, key, values)
         if match is MISSING:
             match = {}
-            _set_plain(match, step.key, step.values[0])
+            _set_plain(match, key, values[0])
             items.append(match)
         result: dict[str, Any] = match
         return result
 
-    def set_value(node: dict[str, Any], value: Any) -> None:
-        for step in body:
-            node = descend(node, step)
-        if last.index is None and last.key is None:
-            node[last.name] = value
-            return
-        items = node.get(last.name)
-        if not isinstance(items, list):
-            items = node[last.name] = []
-        if last.index is not None:
-            while len(items) <= last.index:
-                items.append(None)
-            items[last.index] = value
-            return
-        raise PathError(f"a path cannot end in a selector: {render(steps)!r}")
-
-    return set_value
+    return select

@@ -1,0 +1,185 @@
+"""The ``fhir-bridge`` command line.
+
+Exit codes: 0 success; 1 the input is invalid (the OperationOutcome says why, with each problem's path);
+2 the command cannot run (usage, unreadable file, broken mapping specs); 3 an internal error.
+A failure prints one line on stderr and never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+
+from bridge.errors import BridgeError, InvalidInput, MappingSpecError
+from bridge.fhir.outcome import Outcome
+
+app = typer.Typer(
+    name="fhir-bridge",
+    help="Cross-sector health data exchange bridge: municipal care records <-> FHIR R4, MedCom messaging.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+schema_app = typer.Typer(help="Print published JSON Schemas.", no_args_is_help=True)
+mappings_app = typer.Typer(help="Work with the mapping specs.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(mappings_app, name="mappings")
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class Target(str, Enum):
+    fhir = "fhir"
+    municipal = "municipal"
+
+
+class FhirFormat(str, Enum):
+    json = "json"
+    xml = "xml"
+
+
+InputArg = Annotated[str, typer.Argument(help="Input file, or - for standard input")]
+MappingsOpt = Annotated[
+    Path | None, typer.Option("--mappings", help="Mapping specs directory (default: the shipped mappings/)")
+]
+
+
+def _read(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+def _fail(message: str, code: int, outcome: Outcome | None = None) -> NoReturn:
+    if outcome is not None:
+        sys.stdout.write(json.dumps(outcome.to_fhir(), indent=2, ensure_ascii=False) + "\n")
+    sys.stderr.write(f"fhir-bridge: {message}\n")
+    raise typer.Exit(code)
+
+
+def _write_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode("utf-8") + "\n")
+
+
+def _invalid(exc: InvalidInput) -> NoReturn:
+    _fail(f"invalid input: {exc.outcome.summary()}", EXIT_INVALID, exc.outcome)
+
+
+@schema_app.command("municipal-record")
+def schema_municipal_record() -> None:
+    """Print the JSON Schema of the canonical municipal care record (municipal-v1)."""
+    from bridge.municipal.model import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def translate(
+    source: InputArg = "-",
+    to: Annotated[
+        Target, typer.Option("--to", help="Translate to FHIR or to the municipal record")
+    ] = Target.fhir,
+    fmt: Annotated[
+        FhirFormat | None,
+        typer.Option(
+            "--format", help="FHIR format: of the output with --to fhir, of the input with --to municipal"
+        ),
+    ] = None,
+    mappings: MappingsOpt = None,
+) -> None:
+    """Translate a municipal record to a FHIR Bundle, or a FHIR Bundle to a municipal record."""
+    from bridge.fhir.parse import parse_fhir, sniff_format, to_xml
+    from bridge.translate import fhir_to_record, mapping_set, parse_record, record_to_fhir
+
+    body = _read(source)
+    try:
+        ms = mapping_set(mappings)
+    except MappingSpecError as exc:
+        _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
+    try:
+        if to is Target.fhir:
+            bundle = record_to_fhir(parse_record(body), ms)
+            if fmt is FhirFormat.xml:
+                sys.stdout.write(to_xml(bundle).decode("utf-8") + "\n")
+            else:
+                _write_json(bundle)
+            return
+        in_fmt = fmt.value if fmt is not None else sniff_format(body, None)
+        record, outcome = fhir_to_record(parse_fhir(body, in_fmt), ms)
+    except InvalidInput as exc:
+        _invalid(exc)
+    sys.stdout.write(record.model_dump_json(indent=2, exclude_none=True) + "\n")
+    if outcome.issues:
+        sys.stderr.write(
+            f"fhir-bridge: warning: {len(outcome.issues)} element(s) not kept in the municipal record\n"
+            + json.dumps(outcome.to_fhir(), indent=2, ensure_ascii=False)
+            + "\n"
+        )
+
+
+@app.command()
+def validate(
+    source: InputArg = "-",
+    fmt: Annotated[
+        FhirFormat | None, typer.Option("--format", help="Input format (default: detected)")
+    ] = None,
+) -> None:
+    """Validate a FHIR resource, Bundle or MedCom message; print an OperationOutcome (exit 0 valid, 1 invalid)."""
+    from bridge.validation import validate_fhir
+
+    body = _read(source)
+    try:
+        outcome = validate_fhir(body, fmt.value if fmt is not None else None)
+    except InvalidInput as exc:
+        _invalid(exc)
+    sys.stdout.write(json.dumps(outcome.to_fhir(), indent=2, ensure_ascii=False) + "\n")
+    if outcome.has_errors:
+        sys.stderr.write(f"fhir-bridge: invalid: {outcome.summary()}\n")
+        raise typer.Exit(EXIT_INVALID)
+
+
+@mappings_app.command("check")
+def mappings_check(
+    directory: Annotated[Path | None, typer.Argument(help="Mappings directory")] = None,
+) -> None:
+    """Load and compile the mapping specs and ConceptMaps; name the first problem."""
+    from bridge.mapping.engine import load_mapping_set
+    from bridge.translate import default_mappings_dir
+
+    where = directory or default_mappings_dir()
+    try:
+        ms = load_mapping_set(where)
+    except MappingSpecError as exc:
+        _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
+    sys.stdout.write(
+        f"ok: {len(ms.files)} specs, {len(ms.maps) + len(ms.bundle_maps)} maps, {len(ms.conceptmaps)} ConceptMaps\n"
+    )
+
+
+def main() -> None:
+    """Console entry point: run the app; turn any escaped error into one line and an exit code."""
+    try:
+        app()
+    except BridgeError as exc:
+        sys.stderr.write(f"fhir-bridge: {exc}\n")
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: no traceback reaches the user
+        sys.stderr.write(f"fhir-bridge: internal error ({type(exc).__name__})\n")
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()
