@@ -376,9 +376,10 @@ def read_citizen(view: MessageView, reference: Any, path: str) -> Citizen | None
         return None
     patient = found.resource
     number = None
-    for identifier in patient.get("identifier") or []:
+    number_path = f"{found.path}.identifier"
+    for i, identifier in enumerate(patient.get("identifier") or []):
         if isinstance(identifier, dict) and identifier.get("system") in (ids.CPR_SYSTEM, ids.XECPR_SYSTEM):
-            number = identifier.get("value")
+            number, number_path = identifier.get("value"), f"{found.path}.identifier[{i}].value"
             break
     if number is None:
         view.problems.add(
@@ -400,7 +401,7 @@ def read_citizen(view: MessageView, reference: Any, path: str) -> Citizen | None
             deceased=deceased,
         )
     except ValidationError as exc:
-        view.problems.pydantic(exc, f"{found.path}.identifier")
+        view.problems.pydantic(exc, number_path)
         return None
 
 

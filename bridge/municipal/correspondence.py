@@ -129,6 +129,12 @@ class ThreadMessage(_Model):
     segment_ids: list[Text] = Field(default_factory=list, description="segments it added")
     provenance_id: FhirId | None = None
 
+    @model_validator(mode="after")
+    def _normalise(self) -> ThreadMessage:
+        if self.recorded == self.occurred:
+            self.recorded = None
+        return self
+
 
 class Correspondence(_Model):
     """One correspondence message (korrespondancemeddelelse) for or from the municipal care system."""

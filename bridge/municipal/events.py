@@ -107,6 +107,12 @@ class MessageMeta(_Model):
     source_endpoint: Text | None = Field(default=None, description="MessageHeader.source.endpoint if not SOR")
     destination_endpoint: Text | None = Field(default=None, description="destination endpoint if not SOR")
 
+    @model_validator(mode="after")
+    def _normalise(self) -> MessageMeta:
+        if self.recorded == self.sent:
+            self.recorded = None  # written as occurred; None and equal mean the same
+        return self
+
 
 class NotificationRecord(_Model):
     """One earlier notification of the same stay, as its Provenance repeats it."""
@@ -118,6 +124,14 @@ class NotificationRecord(_Model):
     previous_message_id: FhirId | None = Field(default=None, description="the notification it revised")
     previous_role: Literal["revision", "removal"] | None = None
     provenance_id: FhirId | None = None
+
+    @model_validator(mode="after")
+    def _normalise(self) -> NotificationRecord:
+        if self.recorded == self.occurred:
+            self.recorded = None
+        if self.previous_message_id is None:
+            self.previous_role = None
+        return self
 
 
 class HospitalStayEvent(_Model):
@@ -176,6 +190,8 @@ class HospitalStayEvent(_Model):
             raise ValueError(f"a {self.kind} event needs stay_end")
         if self.stay_end is not None and self.stay_end < self.stay_start:
             raise ValueError("stay_end is before stay_start")
+        if self.sender == self.hospital_unit:
+            self.sender = None  # the unit sends itself: one organisation, said once
         # The citizen's deceased flag follows the event, so that a parsed message equals its event.
         self.citizen.deceased = dying and self.change != "cancellation"
         return self
