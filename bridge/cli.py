@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -36,12 +36,12 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     fhir = "fhir"
     municipal = "municipal"
 
 
-class FhirFormat(str, Enum):
+class FhirFormat(StrEnum):
     json = "json"
     xml = "xml"
 
@@ -135,7 +135,7 @@ def validate(
         FhirFormat | None, typer.Option("--format", help="Input format (default: detected)")
     ] = None,
 ) -> None:
-    """Validate a FHIR resource, Bundle or MedCom message; print an OperationOutcome (exit 0 valid, 1 invalid)."""
+    """Validate a FHIR resource, Bundle or MedCom message; print an OperationOutcome (0 valid, 1 invalid)."""
     from bridge.validation import validate_fhir
 
     body = _read(source)
@@ -162,9 +162,8 @@ def mappings_check(
         ms = load_mapping_set(where)
     except MappingSpecError as exc:
         _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
-    sys.stdout.write(
-        f"ok: {len(ms.files)} specs, {len(ms.maps) + len(ms.bundle_maps)} maps, {len(ms.conceptmaps)} ConceptMaps\n"
-    )
+    maps = len(ms.maps) + len(ms.bundle_maps)
+    sys.stdout.write(f"ok: {len(ms.files)} specs, {maps} maps, {len(ms.conceptmaps)} ConceptMaps\n")
 
 
 def main() -> None:
