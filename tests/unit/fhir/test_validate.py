@@ -13,9 +13,12 @@ from bridge.fhir.validate import fhirpath, validate_resource
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 INSTANCES = sorted(
-    p for p in (SHARED / "medcom").rglob("*.json") if "profiles" not in p.parts and "terminology" not in p.parts
+    p for p in (SHARED / "medcom").rglob("*.json")
+    if "profiles" not in p.parts and "terminology" not in p.parts
 ) + sorted((SHARED / "dk-core").glob("*.json"))
-CARE_COMMUNICATION = SHARED / "medcom" / "carecommunication" / "Bundle-0d5b3c18-fab6-4d93-9d88-c9c8abf1f18c.json"
+CARE_COMMUNICATION = (
+    SHARED / "medcom" / "carecommunication" / "Bundle-0d5b3c18-fab6-4d93-9d88-c9c8abf1f18c.json"
+)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -35,7 +38,8 @@ def test_official_examples_are_valid(path: Path) -> None:
 
 
 def test_fhirpath() -> None:
-    assert fhirpath("Bundle", ("entry", 2, "resource", "code", "coding", 0)) == "Bundle.entry[2].resource.code.coding[0]"
+    loc = ("entry", 2, "resource", "code", "coding", 0)
+    assert fhirpath("Bundle", loc) == "Bundle.entry[2].resource.code.coding[0]"
     assert fhirpath("Patient", ("_birthDate", "extension", 0)) == "Patient.birthDate.extension[0]"
 
 
@@ -68,7 +72,8 @@ def test_unknown_element_required_element_and_json_types() -> None:
     assert _found({**complete, "code": {}}) == [("structure", ("Observation.code",))]
     assert _found({**complete, "note": []}) == [("structure", ("Observation.note",))]
     assert _found({**complete, "issued": ""})[0] == ("value", ("Observation.issued",))
-    assert _found({"resourceType": "Observation", "code": {"text": "x"}}) == [("required", ("Observation.status",))]
+    missing_status = {"resourceType": "Observation", "code": {"text": "x"}}
+    assert _found(missing_status) == [("required", ("Observation.status",))]
 
 
 def test_unknown_resource_types_are_one_issue_each() -> None:
@@ -90,7 +95,9 @@ def test_contained_and_parameters_resources_are_validated_in_place() -> None:
     assert _found(condition) == [("structure", ("Condition.contained[0].gender",))]
     parameters = {
         "resourceType": "Parameters",
-        "parameter": [{"name": "a", "part": [{"name": "b", "resource": {"resourceType": "Patient", "x": 1}}]}],
+        "parameter": [
+            {"name": "a", "part": [{"name": "b", "resource": {"resourceType": "Patient", "x": 1}}]}
+        ],
     }
     assert _found(parameters) == [("structure", ("Parameters.parameter[0].part[0].resource.x",))]
 
