@@ -241,7 +241,7 @@ def _descender(step: Step) -> Callable[[dict[str, Any]], dict[str, Any]]:
             child = node.get(name)
             if child.__class__ is not dict:
                 child = node[name] = {}
-            return child  # type: ignore[no-any-return]
+            return child
 
         return field
     if step.index is not None:

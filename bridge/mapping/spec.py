@@ -83,9 +83,14 @@ def parse_spec_text(text: str, name: str) -> SpecFile:
     validator = jsonschema.Draft202012Validator(spec_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        first = errors[0]
-        best = jsonschema.exceptions.best_match([first])
-        raise MappingSpecError(name, spec.where(tuple(best.absolute_path)), best.message)
+        best = jsonschema.exceptions.best_match([errors[0]])
+        where = tuple(best.absolute_path)
+        if best.validator == "additionalProperties" and isinstance(best.instance, dict):
+            allowed = set(best.schema.get("properties", {}))
+            extra = sorted(k for k in best.instance if k not in allowed)
+            if extra:  # point at the unexpected key itself
+                where = (*where, extra[0])
+        raise MappingSpecError(name, spec.where(where), best.message)
     return spec
 
 
