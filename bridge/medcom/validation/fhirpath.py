@@ -19,6 +19,7 @@ Functions that need the message (``resolve``, ``memberOf``, ``conformsTo``) call
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -53,9 +54,33 @@ class Env:
     context: Any
     host: Host | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)  # per message: results that do not change
 
 
 Fn = Callable[[Env, Coll], Coll]
+
+# Compiled sub-expressions whose value does not depend on the focus (``%resource.type``, literals):
+# inside ``all()`` or ``where()`` they are evaluated once per resource instead of once per item.
+_INDEPENDENT: weakref.WeakSet[Fn] = weakref.WeakSet()
+
+
+def _independent(fn: Fn) -> Fn:
+    _INDEPENDENT.add(fn)
+    return fn
+
+
+def _once_per_resource(fn: Fn) -> Fn:
+    if fn not in _INDEPENDENT:
+        return fn
+
+    def cached(env: Env, focus: Coll) -> Coll:
+        key = (id(fn), id(env.resource))
+        found = env.memo.get(key)
+        if found is None:
+            found = env.memo[key] = fn(env, focus)
+        return found  # type: ignore[no-any-return]
+
+    return _independent(cached)
 
 # Element names that are choice types ([x]) somewhere in R4; only these trigger the slower key scan.
 _CHOICE_NAMES = frozenset(
@@ -294,19 +319,19 @@ def _descendants(items: Coll) -> Coll:
     return out
 
 
-_HTML_FORBIDDEN = re.compile(
-    r"<\s*(script|iframe|object|embed|form|style|link|meta|base|applet)\b|\son\w+\s*=", re.I
-)
-_TAG = re.compile(r"<[^>]*>")
+# XHTML names are lower case, so case-sensitive patterns with a literal first character suffice.
+_ACTIVE_CONTENT = re.compile(r"<(?:script|iframe|object|embed|form|style|link|meta|base|applet)\b")
+_EVENT_HANDLER = re.compile(r"on[a-z]+\s*=")
+_TEXT_RE = re.compile(r">\s*[^<\s]")
 
 
 def html_checks(div: Any) -> bool:
     """txt-1/txt-2: an xhtml ``div`` with no active content and some non-whitespace text."""
     if not isinstance(div, str) or not div.lstrip().startswith("<div"):
         return False
-    if _HTML_FORBIDDEN.search(div):
+    if _ACTIVE_CONTENT.search(div) or _EVENT_HANDLER.search(div):
         return False
-    return bool(_TAG.sub("", div).strip()) or "<img" in div
+    return _TEXT_RE.search(div) is not None or "<img" in div
 
 
 # ---- parser: precedence climbing into closures -------------------------------------------------
@@ -459,7 +484,7 @@ def _const(value: Coll) -> Fn:
     def const(env: Env, focus: Coll) -> Coll:
         return value
 
-    return const
+    return _independent(const)
 
 
 def _this(env: Env, focus: Coll) -> Coll:
@@ -478,7 +503,7 @@ def _variable(name: str) -> Fn:
             return ["http://unitsofmeasure.org"]
         raise FhirPathError(f"unknown variable %{name}")
 
-    return var
+    return _independent(var)
 
 
 def _type_root(name: str) -> Fn:
@@ -501,7 +526,7 @@ def _chain(left: Fn, right: Fn) -> Fn:
     def chain(env: Env, focus: Coll) -> Coll:
         return right(env, left(env, focus))
 
-    return chain
+    return _independent(chain) if left in _INDEPENDENT else chain
 
 
 def _indexer(base: Fn, index: Fn) -> Fn:
@@ -528,6 +553,12 @@ def _type_op(op: str, operand: Fn, type_name: str) -> Fn:
 
 
 def _binary(op: str, left: Fn, right: Fn) -> Fn:
+    both = left in _INDEPENDENT and right in _INDEPENDENT
+    fn = _binary_op(op, _once_per_resource(left), _once_per_resource(right))
+    return _independent(fn) if both else fn
+
+
+def _binary_op(op: str, left: Fn, right: Fn) -> Fn:
     if op == "and":
 
         def and_(env: Env, focus: Coll) -> Coll:
@@ -763,7 +794,17 @@ def _function(name: str, args: list[Fn], raw: list[str]) -> Fn:
 
         return extension
     if name == "htmlChecks" and n == 0:
-        return lambda env, focus: [bool(focus) and all(html_checks(v) for v in focus)]
+
+        def html(env: Env, focus: Coll) -> Coll:
+            ok = bool(focus)
+            for v in focus:
+                key = ("htmlChecks", id(v))
+                if key not in env.memo:
+                    env.memo[key] = html_checks(v)
+                ok = ok and env.memo[key]
+            return [ok]
+
+        return html
     if name == "resolve" and n == 0:
         return _resolve
     if name in ("memberOf", "conformsTo") and n == 1:

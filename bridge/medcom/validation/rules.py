@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.fhir.identifiers import CPR_SYSTEM, GLN_SYSTEMS, SOR_SYSTEM, check_cpr, check_gln, check_sor
-from bridge.fhir.outcome import Issue
+from bridge.fhir.outcome import Issue, IssueCode
 from bridge.medcom.validation.profile import ACK_ERRORS
 from bridge.medcom.validation.run import Run
 
@@ -98,12 +98,12 @@ def header(bundle: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
-def _issue(rule: str, text: str, path: str, code: str = "invalid", details: str | None = None) -> Issue:
+def _issue(rule: str, text: str, path: str, code: IssueCode = "invalid", details: str | None = None) -> Issue:
     return Issue(
         "error",
         code,
         f"{rule}: {text}",
-        (path,),  # type: ignore[arg-type]
+        (path,),
         (ACK_ERRORS, details) if details else None,
     )
 

@@ -33,6 +33,7 @@ class Run:
         self._paths: dict[int, str] = {id(bundle): "Bundle"}
         self._checked: dict[tuple[int, str], bool] = {}
         self._base_done: set[tuple[int, str]] = set()
+        self._env = fhirpath.Env(resource=None, context=None, host=self)
         entries = bundle.get("entry")
         for i, entry in enumerate(entries if isinstance(entries, list) else []):
             resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -185,7 +186,9 @@ class Run:
                 return
             self._base_done.add(key)
         try:
-            result = inv.fn(fhirpath.Env(resource=resource, context=value, host=self), [value])
+            env = self._env
+            env.resource, env.context = resource, value
+            result = inv.fn(env, [value])
             ok = result == [True]
         except fhirpath.FhirPathError as exc:
             self.add(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from bridge.fhir.outcome import Issue
+from bridge.fhir.outcome import Issue, IssueCode
 
 _PRIMITIVE_RE: dict[str, re.Pattern[str]] = {
     "string": re.compile(r"[\s\S]+"),
@@ -129,8 +129,8 @@ def type_info(type_name: str) -> TypeInfo | None:
     return TypeInfo(type_name, elements, frozenset(required_choices))
 
 
-def _err(code: str, text: str, path: str) -> Issue:
-    return Issue("error", code, text, (path,))  # type: ignore[arg-type]
+def _err(code: IssueCode, text: str, path: str) -> Issue:
+    return Issue("error", code, text, (path,))
 
 
 def check_primitive(ftype: str, value: Any, path: str, out: list[Issue]) -> None:
