@@ -42,7 +42,14 @@ class RetryPolicy:
     max_age: timedelta = timedelta(hours=24)
 
     def __post_init__(self) -> None:
-        problems = policy_problems(self)
+        problems = policy_problems(
+            initial_delay=self.initial_delay,
+            multiplier=self.multiplier,
+            max_delay=self.max_delay,
+            jitter=self.jitter,
+            max_attempts=self.max_attempts,
+            max_age=self.max_age,
+        )
         if problems:
             raise ValueError("; ".join(f"{field}: {why}" for field, why in problems))
 
@@ -58,20 +65,28 @@ class RetryPolicy:
         return timedelta(seconds=wait(state))
 
 
-def policy_problems(policy: RetryPolicy) -> list[tuple[str, str]]:
-    """Each (field, reason) that makes ``policy`` unusable; empty when it is sound."""
+def policy_problems(
+    *,
+    initial_delay: timedelta,
+    multiplier: float,
+    max_delay: timedelta,
+    jitter: str,
+    max_attempts: int,
+    max_age: timedelta,
+) -> list[tuple[str, str]]:
+    """Each (field, reason) that makes a policy with these values unusable; empty when it is sound."""
     problems: list[tuple[str, str]] = []
-    if policy.initial_delay <= timedelta(0):
+    if initial_delay <= timedelta(0):
         problems.append(("initial_delay", "must be longer than zero"))
-    if policy.multiplier < 1:
+    if multiplier < 1:
         problems.append(("multiplier", "must be at least 1 (delays must not shrink)"))
-    if policy.max_delay < policy.initial_delay:
+    if max_delay < initial_delay:
         problems.append(("max_delay", "must be at least initial_delay"))
-    if policy.jitter not in ("full", "none"):
+    if jitter not in ("full", "none"):
         problems.append(("jitter", "must be 'full' or 'none'"))
-    if policy.max_attempts < 1:
+    if max_attempts < 1:
         problems.append(("max_attempts", "must be at least 1"))
-    if policy.max_age <= timedelta(0):
+    if max_age <= timedelta(0):
         problems.append(("max_age", "must be longer than zero"))
     return problems
 

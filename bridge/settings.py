@@ -1,0 +1,577 @@
+"""The bridge's configuration: one YAML file, validated, with secrets taken from the environment.
+
+Secrets: any string value may hold ``${NAME}``; it is replaced by the environment variable ``NAME``
+before validation (``$${`` writes a literal ``${``). Explicit expansion instead of pydantic-settings'
+``BRIDGE_SYSTEMS__0__...`` variables: the file shows where every secret comes from, list entries
+(systems) need no positional variable names, and a missing variable is reported at the path that
+needs it. Expansion works on the parsed YAML tree, so a secret can never inject YAML structure.
+
+Every problem is reported at once, each with its path (``systems[1].endpoint``), as an ``Outcome``:
+``check_settings`` returns it (warnings included) for ``fhir-bridge config check``; ``load_settings``
+raises ``InvalidInput`` carrying it. Tests and tools build settings from a dict with
+``parse_settings(data, environ={...})`` - no patching of ``os.environ``.
+
+Durations are written ``250ms``, ``30s``, ``5m``, ``2h``, ``7d`` (combinable: ``1h30m``), as ISO 8601
+(``PT30M``) or as a number of seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from bridge.delivery.policy import RetryPolicy, policy_problems
+from bridge.errors import InvalidInput
+from bridge.fhir.identifiers import check_gln, check_sor
+from bridge.fhir.outcome import Issue, IssueCode, Outcome, error, warning
+from bridge.outbox.keys import MIN_SECRET_BYTES
+
+#: Message kinds a routing rule can match (the ingress classifies each message as one of these).
+MESSAGE_KINDS = (
+    "hospital-notification",
+    "care-communication",
+    "acknowledgement",
+    "home-care-observation",
+    "municipal-record",
+)
+#: The routing target meaning "the hospital where the citizen is admitted right now".
+ADMITTED_HOSPITAL = "admitted-hospital"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_duration(value: object) -> timedelta:
+    """``30s``, ``1h30m``, ``PT30M`` or a number of seconds as a ``timedelta`` (never negative)."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 30s, 5m, 2h")
+    elif isinstance(value, int | float):
+        result = timedelta(seconds=value)
+    elif isinstance(value, str):
+        text = value.strip()
+        iso = _ISO_DURATION.match(text)
+        if iso and text != "P":
+            days, hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
+            result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        elif text and _DURATION_PART.sub("", text) == "":
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+            result = timedelta(seconds=seconds)
+        else:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 250ms, 30s, 5m, 2h, 7d or PT30M")
+    else:
+        raise ValueError("a duration is a number of seconds or text like 30s, 5m, 2h")
+    if result < timedelta(0):
+        raise ValueError("a duration cannot be negative")
+    return result
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+SystemId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest stored in the configuration for an inbound bearer token.
+
+    A fast hash is enough: tokens are long random strings, not passwords, so there is no small
+    space to search.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Model):
+    """Where the HTTP API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class StoreConfig(_Model):
+    """The outbox database and the secret that keys citizen hashes."""
+
+    url: str = "sqlite:///var/bridge.db"
+    citizen_key_secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str) -> str:
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        if scheme == "sqlite":
+            from bridge.outbox.sqlite import sqlite_path_from_url
+
+            sqlite_path_from_url(url)  # raises ValueError naming the problem
+        elif scheme not in ("postgresql", "postgres"):
+            raise ValueError("the store URL must start with sqlite:/// or postgresql://")
+        return url
+
+    @field_validator("citizen_key_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        return secret
+
+
+class RetryConfig(_Model):
+    """The global retry policy for transient delivery failures."""
+
+    initial_delay: Duration = timedelta(seconds=2)
+    multiplier: float = 2.0
+    max_delay: Duration = timedelta(minutes=10)
+    jitter: Literal["full", "none"] = "full"
+    max_attempts: int = 15
+    max_age: Duration = timedelta(hours=24)
+
+
+class RetryOverride(_Model):
+    """A system's own retry policy: any field left out comes from the global one."""
+
+    initial_delay: Duration | None = None
+    multiplier: float | None = None
+    max_delay: Duration | None = None
+    jitter: Literal["full", "none"] | None = None
+    max_attempts: int | None = None
+    max_age: Duration | None = None
+
+
+class MedcomConfig(_Model):
+    """MedCom reliable messaging: when to resend a message whose Acknowledgement has not come.
+
+    MedCom's texts disagree (resend after 30 minutes MAY vs SHALL; at most 2 vs 3 resends), so both
+    numbers are settings; the defaults follow the reliable-messaging rules for FHIR (30 min, 2).
+    """
+
+    receipt_timeout: Duration = timedelta(minutes=30)
+    max_resends: int = Field(default=2, ge=0, le=10)
+
+
+class DispatcherConfig(_Model):
+    """How workers claim and hold deliveries."""
+
+    lease: Duration = timedelta(seconds=120)
+    poll_interval: Duration = timedelta(seconds=1)
+    batch_size: int = Field(default=16, ge=1, le=1000)
+    shutdown_grace: Duration = timedelta(seconds=30)
+
+
+class Limits(_Model):
+    """Bounds on what a caller may send."""
+
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_depth: int = Field(default=64, ge=4, le=1000)
+
+
+class Organisation(_Model):
+    """An organisation a system speaks for, by SOR code and/or GLN (EAN location number)."""
+
+    name: str | None = None
+    sor: str | None = None
+    gln: str | None = None
+
+    @field_validator("sor")
+    @classmethod
+    def _sor(cls, value: str | None) -> str | None:
+        problem = None if value is None else check_sor(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("gln")
+    @classmethod
+    def _gln(cls, value: str | None) -> str | None:
+        problem = None if value is None else check_gln(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class InboundToken(_Model):
+    """A bearer token the system may call the bridge with, stored as its SHA-256 hex digest."""
+
+    name: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Inbound(_Model):
+    """How a system authenticates when it calls the bridge."""
+
+    tokens: list[InboundToken] = []
+
+
+class Outbound(_Model):
+    """Credentials the bridge presents when it delivers to the system (write ``${ENV_NAME}``)."""
+
+    bearer_token: SecretStr | None = None
+
+
+class System(_Model):
+    """A hospital EHR or municipal care system the bridge exchanges messages with."""
+
+    id: SystemId
+    kind: Literal["hospital", "municipality"]
+    name: str | None = None
+    organisations: list[Organisation] = Field(min_length=1)
+    inbound: Inbound = Inbound()
+    endpoint: str
+    format: Literal["fhir", "municipal-v1"] = "fhir"
+    outbound: Outbound = Outbound()
+    timeout: Duration = timedelta(seconds=30)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    retry: RetryOverride | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the endpoint must be an http:// or https:// URL with a host")
+        return url
+
+
+class RuleMatch(_Model):
+    """What a routing rule applies to; a field left out matches anything."""
+
+    sender: str | None = None
+    kind: (
+        Literal[
+            "hospital-notification",
+            "care-communication",
+            "acknowledgement",
+            "home-care-observation",
+            "municipal-record",
+        ]
+        | None
+    ) = None
+
+
+class RoutingRule(_Model):
+    """Where messages go that name no receiver themselves."""
+
+    name: str
+    when: RuleMatch = RuleMatch()
+    to: Literal["admitted-hospital"] | list[str]
+    otherwise: list[str] = []  # when ``to`` is admitted-hospital and no admission is known
+
+
+class Settings(_Model):
+    """The whole configuration of one bridge deployment."""
+
+    version: Literal[1] = 1
+    listen: Listen = Listen()
+    store: StoreConfig
+    retry: RetryConfig = RetryConfig()
+    medcom: MedcomConfig = MedcomConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    limits: Limits = Limits()
+    systems: list[System] = Field(min_length=1)
+    routing: list[RoutingRule] = []
+
+    def system(self, system_id: str) -> System | None:
+        """The system with ``system_id``."""
+        return next((s for s in self.systems if s.id == system_id), None)
+
+    def system_for_token(self, token: str) -> System | None:
+        """The system a presented bearer token belongs to, compared in constant time per entry."""
+        digest = hash_token(token)
+        found: System | None = None
+        for system in self.systems:
+            for entry in system.inbound.tokens:
+                # No early exit: the time taken does not tell which entry (if any) matched.
+                if hmac.compare_digest(entry.sha256, digest):
+                    found = system
+        return found
+
+    def owner_of(self, *, sor: str | None = None, gln: str | None = None) -> System | None:
+        """The system that owns the organisation with this SOR code or GLN."""
+        for system in self.systems:
+            for org in system.organisations:
+                if (sor is not None and org.sor == sor) or (gln is not None and org.gln == gln):
+                    return system
+        return None
+
+    def retry_policy(self, system_id: str | None = None) -> RetryPolicy:
+        """The effective retry policy of a system: its own fields over the global ones."""
+        values = self.retry.model_dump()
+        system = None if system_id is None else self.system(system_id)
+        if system is not None and system.retry is not None:
+            values.update(system.retry.model_dump(exclude_none=True))
+        return RetryPolicy(**values)
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    """``("systems", 1, "endpoint")`` as ``systems[1].endpoint``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def expand_env(
+    data: Any, environ: Mapping[str, str], path: tuple[int | str, ...] = ()
+) -> tuple[Any, list[Issue]]:
+    """Replace ``${NAME}`` in every string of ``data`` from ``environ``; issues name unset variables."""
+    issues: list[Issue] = []
+    if isinstance(data, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group(1)
+            if name not in environ:
+                issues.append(
+                    error(f"environment variable {name} is not set", format_path(path), code="required")
+                )
+                return ""
+            return environ[name]
+
+        return _ENV_REF.sub(substitute, data), issues
+    if isinstance(data, dict):
+        out: dict[Any, Any] = {}
+        for key, value in data.items():
+            out[key], found = expand_env(value, environ, (*path, str(key)))
+            issues.extend(found)
+        return out, issues
+    if isinstance(data, list):
+        items: list[Any] = []
+        for i, value in enumerate(data):
+            expanded, found = expand_env(value, environ, (*path, i))
+            items.append(expanded)
+            issues.extend(found)
+        return items, issues
+    return data, issues
+
+
+def _issue_code(pydantic_type: str) -> IssueCode:
+    if pydantic_type == "missing":
+        return "required"
+    if pydantic_type == "extra_forbidden":
+        return "structure"
+    return "value"
+
+
+def _validation_issues(exc: ValidationError) -> list[Issue]:
+    issues: list[Issue] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        # Union branches add the branch's type name to the location; it means nothing to the reader.
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        )
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif err["type"] == "missing":
+            message = "required setting is missing"
+        issues.append(error(message, format_path(loc), code=_issue_code(err["type"])))
+    return issues
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_check(settings: Settings) -> list[Issue]:
+    """Problems no single field shows: duplicates, dangling references, unsound combinations."""
+    from urllib.parse import urlsplit
+
+    issues: list[Issue] = []
+    global_problems = policy_problems(**settings.retry.model_dump())
+    issues.extend(error(why, f"retry.{field}") for field, why in global_problems)
+    ids: dict[str, int] = {}
+    sors: dict[str, str] = {}
+    glns: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for i, system in enumerate(settings.systems):
+        where = f"systems[{i}]"
+        if system.id in ids:
+            issues.append(error(f"system id {system.id!r} is used twice", f"{where}.id", code="duplicate"))
+        ids.setdefault(system.id, i)
+        for j, org in enumerate(system.organisations):
+            at = f"{where}.organisations[{j}]"
+            if org.sor is None and org.gln is None:
+                issues.append(error("an organisation needs a sor or a gln", at, code="required"))
+            for value, owners, field in ((org.sor, sors, "sor"), (org.gln, glns, "gln")):
+                if value is None:
+                    continue
+                if value in owners and owners[value] != system.id:
+                    issues.append(
+                        error(
+                            f"{field.upper()} {value} is already owned by system {owners[value]!r}; "
+                            "an organisation belongs to one system",
+                            f"{at}.{field}",
+                            code="duplicate",
+                        )
+                    )
+                owners.setdefault(value, system.id)
+        for j, token in enumerate(system.inbound.tokens):
+            if token.sha256 in tokens:
+                issues.append(
+                    error(
+                        f"this token is already accepted for system {tokens[token.sha256]!r}",
+                        f"{where}.inbound.tokens[{j}].sha256",
+                        code="duplicate",
+                    )
+                )
+            tokens.setdefault(token.sha256, system.id)
+        if system.format == "municipal-v1" and system.kind != "municipality":
+            issues.append(
+                error("only a municipality speaks municipal-v1; a hospital speaks fhir", f"{where}.format")
+            )
+        parts = urlsplit(system.endpoint)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            issues.append(
+                warning(
+                    "plain http to a host that is not loopback sends health data unencrypted; use https",
+                    f"{where}.endpoint",
+                    code="security",
+                )
+            )
+
+    has_hospital = any(s.kind == "hospital" for s in settings.systems)
+    for i, rule in enumerate(settings.routing):
+        where = f"routing[{i}]"
+        if rule.when.sender is not None and rule.when.sender not in ids:
+            issues.append(
+                error(f"no system has id {rule.when.sender!r}", f"{where}.when.sender", code="not-found")
+            )
+        if rule.to == ADMITTED_HOSPITAL:
+            if not has_hospital:
+                issues.append(error("admitted-hospital needs at least one hospital system", f"{where}.to"))
+        else:
+            if not rule.to:
+                issues.append(error("a rule must deliver somewhere", f"{where}.to", code="required"))
+            for j, target in enumerate(rule.to):
+                if target not in ids:
+                    issues.append(error(f"no system has id {target!r}", f"{where}.to[{j}]", code="not-found"))
+            if rule.otherwise:
+                issues.append(
+                    error("otherwise only applies when to is admitted-hospital", f"{where}.otherwise")
+                )
+        for j, target in enumerate(rule.otherwise):
+            if target not in ids:
+                issues.append(
+                    error(f"no system has id {target!r}", f"{where}.otherwise[{j}]", code="not-found")
+                )
+    return issues
+
+
+def check_settings(data: Any, environ: Mapping[str, str] | None = None) -> tuple[Settings | None, Outcome]:
+    """Validate parsed configuration data; return the settings (None when invalid) and every issue."""
+    outcome = Outcome()
+    if not isinstance(data, dict):
+        outcome.add(error("the configuration must be a mapping of settings", code="structure"))
+        return None, outcome
+    expanded, env_issues = expand_env(data, os.environ if environ is None else environ)
+    outcome.extend(env_issues)
+    unset = {issue.expression for issue in env_issues}
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as exc:
+        # A value whose variable is unset was already reported; its emptiness is no second problem.
+        outcome.extend(i for i in _validation_issues(exc) if i.expression not in unset)
+        return None, outcome
+    outcome.extend(_cross_check(settings))
+    return (None if outcome.has_errors else settings), outcome
+
+
+def parse_settings(data: Any, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from parsed data; raises ``InvalidInput`` naming every problem with its path."""
+    settings, outcome = check_settings(data, environ)
+    if settings is None:
+        raise InvalidInput(outcome)
+    return settings
+
+
+def read_settings_file(path: str | Path) -> tuple[Any, Outcome]:
+    """The parsed YAML of a configuration file, or an Outcome saying why it cannot be read."""
+    outcome = Outcome()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        outcome.add(
+            error(f"cannot read the configuration file: {exc.__class__.__name__}: {exc}", code="not-found")
+        )
+        return None, outcome
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader), outcome  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        outcome.add(error(f"not valid YAML: {where}{problem}", code="structure"))
+        return None, outcome
+
+
+def check_settings_file(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> tuple[Settings | None, Outcome]:
+    """Read and validate a configuration file; the Outcome lists every error and warning."""
+    data, outcome = read_settings_file(path)
+    if outcome.has_errors:
+        return None, outcome
+    return check_settings(data, environ)
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings in a YAML file; raises ``InvalidInput`` naming every problem with its path."""
+    settings, outcome = check_settings_file(path, environ)
+    if settings is None:
+        raise InvalidInput(outcome)
+    return settings
