@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -312,9 +312,10 @@ def test_sniff_format_refuses_what_it_cannot_tell() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2_000))
 def test_random_bytes_never_escape_as_other_exceptions(body: bytes) -> None:
-    for fmt in ("json", "xml"):
+    formats: tuple[Literal["json", "xml"], ...] = ("json", "xml")
+    for fmt in formats:
         try:
-            parse_fhir(body, fmt)  # type: ignore[arg-type]
+            parse_fhir(body, fmt)
         except InvalidInput as exc:
             assert exc.outcome.has_errors
     try:
