@@ -31,9 +31,7 @@ text = (
 )
 item_id = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:/#-]{0,15}", fullmatch=True)
 day = st.dates(min_value=dt.date(1990, 1, 1), max_value=dt.date(2035, 12, 31))
-offset = st.sampled_from(
-    [dt.UTC, dt.timezone(dt.timedelta(hours=1)), dt.timezone(dt.timedelta(hours=2))]
-)
+offset = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=1)), dt.timezone(dt.timedelta(hours=2))])
 moment = st.builds(
     lambda d, secs, tz: dt.datetime.combine(d, dt.time()).replace(tzinfo=tz) + dt.timedelta(seconds=secs),
     day,

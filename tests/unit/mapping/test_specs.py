@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sample import sample_record
 from shared_data import MAPPINGS
 
 from bridge.errors import MappingSpecError, UnmappableRecord
@@ -17,24 +18,7 @@ from bridge.mapping.engine import load_mapping_set
 from bridge.mapping.spec import parse_spec_text
 from bridge.translate import fhir_to_record, mapping_set, parse_record, record_to_fhir
 
-RECORD: dict[str, Any] = {
-    "metadata": {
-        "source_system": "Demo",
-        "record_id": "r1",
-        "version": "1",
-        "last_changed": "2024-05-01T10:00:00Z",
-    },
-    "citizen": {"cpr": "2509479989", "name": {"given": ["Bruno"], "family": "Elmer"}},
-    "organization": {
-        "municipality": {"name": "Hillerød Kommune", "code": "0219"},
-        "unit": {"name": "Hjemmeplejen", "kind": "home-care-group"},
-    },
-    "conditions": [
-        {"id": "c1", "code": "J1.1", "clinical_status": "active", "severity": 2, "recorded": "2024-04-01"},
-        {"id": "c2", "code": "I1.1", "clinical_status": "active", "recorded": "2024-04-01"},
-    ],
-    "goals": [{"id": "g1", "condition_id": "c1", "expected_severity": 1, "start": "2024-04-01"}],
-}
+RECORD = sample_record()
 
 
 def bundle() -> dict[str, Any]:
@@ -222,7 +206,7 @@ def test_a_bundle_that_is_no_valid_record_names_each_problem() -> None:
     b = bundle()
     _, patient = entry(b, "Patient")
     patient["identifier"][0]["value"] = "3102501234"  # 31 February
-    i, cond = entry(b, "Condition")
+    _, cond = entry(b, "Condition")
     del cond["severity"]  # a home care condition needs one
     with pytest.raises(UnmappableRecord) as err:
         fhir_to_record(b)
