@@ -1,4 +1,4 @@
-"""The command line through a real subprocess: translation both ways, validation, and every kind of bad input."""
+"""The command line through a real subprocess: translation both ways, validation, every kind of bad input."""
 
 from __future__ import annotations
 
