@@ -474,6 +474,22 @@ def _cross_check(settings: Settings) -> list[Issue]:
             issues.append(
                 error("only a municipality speaks municipal-v1; a hospital speaks fhir", f"{where}.format")
             )
+        if system.retry is not None:
+            merged = settings.retry.model_dump() | system.retry.model_dump(exclude_none=True)
+            for field, why in policy_problems(**merged):
+                if (field, why) not in global_problems:  # those are reported once, at retry.*
+                    issues.append(error(why, f"{where}.retry.{field}"))
+        if system.timeout <= timedelta(0):
+            issues.append(error("must be longer than zero", f"{where}.timeout"))
+        if system.timeout >= settings.dispatcher.lease:
+            issues.append(
+                error(
+                    f"the timeout must be shorter than dispatcher.lease ({settings.dispatcher.lease}), "
+                    "or another worker may send the same delivery while this one still waits",
+                    f"{where}.timeout",
+                    code="invariant",
+                )
+            )
         parts = urlsplit(system.endpoint)
         if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
             issues.append(
