@@ -1,0 +1,241 @@
+"""What only the SQLite adapter promises: its file settings, its migrations, its URL, its durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bridge.clock import FakeClock
+from bridge.outbox import open_store
+from bridge.outbox.keys import citizen_key
+from bridge.outbox.port import AuditRecord, StoreError
+from bridge.outbox.sql import load_migrations, load_queries
+from bridge.outbox.sqlite import SqliteOutboxStore, split_statements, sqlite_path_from_url
+
+from .conftest import ADMISSION, SECRET, Messages, load_example
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteOutboxStore]:
+    store = SqliteOutboxStore(tmp_path / "outbox.db")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_durability_settings(sqlite_store: SqliteOutboxStore) -> None:
+    raw = sqlite3.connect(sqlite_store.path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+    conn = sqlite_store._writer  # the adapter's own connection: synchronous is per connection
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_schema_is_all_migrations_applied(sqlite_store: SqliteOutboxStore) -> None:
+    migrations = load_migrations("sqlite")
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert sqlite_store.schema_version() == len(migrations)
+    assert sqlite_store.migrate() == 0
+    # A fresh database built from the migration files by hand has exactly the adapter's schema.
+    fresh = sqlite3.connect(":memory:")
+    for migration in migrations:
+        fresh.executescript(migration.sql)
+    raw = sqlite3.connect(sqlite_store.path)
+    query = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    try:
+        ours = [r for r in raw.execute(query) if r[1] != "schema_version"]
+        assert ours == fresh.execute(query).fetchall()
+    finally:
+        raw.close()
+        fresh.close()
+
+
+def test_every_query_prepares_against_the_schema(sqlite_store: SqliteOutboxStore) -> None:
+    conn = sqlite_store._writer
+    for name, sql in load_queries("sqlite").items():
+        try:
+            conn.execute(f"EXPLAIN {sql}", {})
+        except sqlite3.ProgrammingError:
+            pass  # missing bindings: the statement parsed and resolved
+        except sqlite3.Error as exc:  # pragma: no cover - the message is the point
+            pytest.fail(f"query {name}: {exc}")
+
+
+def test_a_newer_database_is_refused(sqlite_store: SqliteOutboxStore) -> None:
+    raw = sqlite3.connect(sqlite_store.path)
+    raw.execute("INSERT INTO schema_version VALUES (99, 'future', '2030-01-01T00:00:00.000000Z')")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="newer than this bridge knows"):
+        sqlite_store.migrate()
+
+
+def test_the_audit_trail_refuses_edits(sqlite_store: SqliteOutboxStore) -> None:
+    sqlite_store.append_audit(AuditRecord(FakeClock().now(), "message.accepted", "rh", b"{}"))
+    raw = sqlite3.connect(sqlite_store.path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute("UPDATE audit SET actor = 'someone-else'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute("DELETE FROM audit")
+    finally:
+        raw.close()
+
+
+def test_no_cpr_number_outside_the_payloads(sqlite_store: SqliteOutboxStore, clock: FakeClock) -> None:
+    example = load_example(ADMISSION)
+    assert example.cpr is not None
+    args = Messages(clock).from_example(ADMISSION, destinations=("kbh", "aarhus"))
+    sqlite_store.accept(*args)
+    for c in sqlite_store.claim_due("w1", clock.now(), timedelta(minutes=1), limit=10):
+        sqlite_store.dead_letter(c.id, "w1", None, "refused", clock.now())
+
+    raw = sqlite3.connect(sqlite_store.path)
+    try:
+        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        hits = []
+        for table in tables:
+            columns = [r[1] for r in raw.execute(f"PRAGMA table_info({table})")]
+            for column in columns:
+                if (table, column) in {("messages", "payload"), ("deliveries", "payload"), ("audit", "body")}:
+                    continue
+                rows = raw.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE CAST({column} AS TEXT) LIKE ?", (f"%{example.cpr}%",)
+                )
+                if rows.fetchone()[0]:
+                    hits.append(f"{table}.{column}")
+        assert hits == []
+        payloads = raw.execute(
+            "SELECT COUNT(*) FROM messages WHERE CAST(payload AS TEXT) LIKE ?", (f"%{example.cpr}%",)
+        )
+        assert payloads.fetchone()[0] == 1  # the CPR is there, inside the payload, as it must be
+    finally:
+        raw.close()
+
+
+def test_citizen_keys() -> None:
+    cpr = load_example(ADMISSION).cpr
+    assert cpr is not None
+    key = citizen_key(cpr, SECRET)
+    assert len(key) == 64 and cpr not in key
+    assert citizen_key(f"{cpr[:6]}-{cpr[6:]}", SECRET) == key  # the written form does not matter
+    assert citizen_key(cpr, SECRET + b"!") != key
+    with pytest.raises(ValueError, match="at least"):
+        citizen_key(cpr, b"short")
+    with pytest.raises(ValueError):
+        citizen_key("  ", SECRET)
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///var/bridge.db", Path("var/bridge.db")),
+        ("sqlite:////srv/bridge/outbox.db", Path("/srv/bridge/outbox.db")),
+        ("sqlite:///my%20dir/x.db", Path("my dir/x.db")),
+    ],
+)
+def test_sqlite_urls(url: str, path: Path) -> None:
+    assert sqlite_path_from_url(url) == path
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://db/bridge", "sqlite://host/x.db", "sqlite:///", "sqlite:///dir/"]
+)
+def test_bad_sqlite_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        sqlite_path_from_url(url)
+
+
+def test_open_store_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # sqlite:/// URLs are relative to the working directory
+    store = open_store("sqlite:///var/bridge.db")
+    try:
+        store.ping()
+        assert (tmp_path / "var" / "bridge.db").exists()
+        assert store.migrate() == 0  # open_store migrated already
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("mysql://db/bridge")
+
+
+def test_split_statements_keeps_trigger_bodies_whole() -> None:
+    script = textwrap.dedent(
+        """
+        -- a comment
+        CREATE TABLE t (x INTEGER);
+        CREATE TRIGGER t_no_delete BEFORE DELETE ON t
+        BEGIN
+            SELECT RAISE(ABORT, 'no; really');
+        END;
+        INSERT INTO t VALUES (1);
+        """
+    )
+    statements = split_statements(script)
+    assert len(statements) == 3 and statements[1].endswith("END;")
+    with pytest.raises(ValueError, match="incomplete"):
+        split_statements("CREATE TABLE t (x INTEGER)")
+
+
+_ACCEPT_THEN_DIE = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from datetime import UTC, datetime
+    from bridge.outbox.port import AuditRecord, NewDelivery, NewMessage
+    from bridge.outbox.sqlite import SqliteOutboxStore
+
+    store = SqliteOutboxStore(sys.argv[1])
+    store.migrate()
+    now = datetime.now(UTC)
+    accepted = []
+    for i in range(int(sys.argv[2])):
+        ct = "application/fhir+json"
+        m = NewMessage(f"b-{i}", f"h-{i}", "rh", "hospital-notification", None, b"{}", ct, now)
+        store.accept(m, [NewDelivery("kbh", b"{}", ct)], AuditRecord(now, "accepted", "rh", b"{}"))
+        accepted.append(m.id)
+    # Report what was acknowledged, then die without closing anything (no atexit, no flush of ours).
+    print(json.dumps(accepted), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.reliability
+def test_accepted_messages_survive_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ACCEPT_THEN_DIE, str(db), "25"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    acknowledged = json.loads(proc.stdout)
+    store = SqliteOutboxStore(db)
+    try:
+        for message_id in acknowledged:
+            assert store.message_trace(message_id) is not None
+        assert len(store.list_deliveries(limit=100)) == 25
+        assert len(store.read_audit(limit=100)) == 25
+    finally:
+        store.close()
+    assert uuid.UUID(acknowledged[0])
