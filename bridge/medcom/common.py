@@ -14,6 +14,7 @@ HospitalNotification 3.0, CareCommunication 5.0, Acknowledgement 2.0, Terminolog
 from __future__ import annotations
 
 import datetime as dt
+import html
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PROFILE_ORGANIZATION = f"{MEDCOM}/messaging/StructureDefinition/medcom-messaging-organization"
 PROFILE_PROVENANCE = f"{MEDCOM}/messaging/StructureDefinition/medcom-messaging-provenance"
 PROFILE_PATIENT = f"{MEDCOM}/core/StructureDefinition/medcom-core-patient"
+PROFILE_CORE_ORGANIZATION = f"{MEDCOM}/core/StructureDefinition/medcom-core-organization"
 
 #: MedCom addresses a receiver by its SOR id on the SOR endpoint (MessageHeader.destination.endpoint).
 SOR_ENDPOINT_PREFIX = "https://sor2.sum.dsdn.dk/#id="
@@ -91,17 +93,28 @@ def entry(resource: dict[str, Any], base_url: str = DEFAULT_BASE_URL) -> dict[st
     return {"fullUrl": f"{base_url}{resource['resourceType']}/{resource['id']}", "resource": resource}
 
 
+def narrative(*lines: str) -> dict[str, str]:
+    """A generated narrative (Resource.text) holding ``lines``, escaped."""
+    body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}
+
+
 def organization_resource(party: Party, resource_id: str) -> dict[str, Any]:
-    """A MedComMessagingOrganization: GLN/EAN and SOR identifiers and the name."""
+    """A MedComMessagingOrganization (SOR and GLN), or a MedComCoreOrganization when one is missing."""
     identifier = []
     if party.gln is not None:
         identifier.append({"system": ids.GLN_SYSTEM, "value": party.gln})
     if party.sor is not None:
         identifier.append({"system": ids.SOR_SYSTEM, "value": party.sor})
+    messaging = party.sor is not None and party.gln is not None
     org: dict[str, Any] = {
         "resourceType": "Organization",
         "id": resource_id,
-        "meta": {"profile": [PROFILE_ORGANIZATION]},
+        "meta": {"profile": [PROFILE_ORGANIZATION if messaging else PROFILE_CORE_ORGANIZATION]},
+        "text": narrative(
+            party.name or "Organization",
+            *(f"{label}: {value}" for label, value in (("GLN", party.gln), ("SOR", party.sor)) if value),
+        ),
         "identifier": identifier,
     }
     if party.name is not None:
@@ -145,6 +158,7 @@ def patient_resource(citizen: Citizen, resource_id: str) -> dict[str, Any]:
         "resourceType": "Patient",
         "id": resource_id,
         "meta": {"profile": [PROFILE_PATIENT]},
+        "text": narrative(" ".join([*citizen.name.given, citizen.name.family])),
         "identifier": [identifier],
         "name": [name],
     }

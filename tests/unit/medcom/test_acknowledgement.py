@@ -21,9 +21,18 @@ from bridge.medcom.acknowledgement import (
     medcom_issue,
     parse_acknowledgement,
 )
+from bridge.medcom.validation import validate_message
 from bridge.municipal.events import Party
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "medcom"
+
+
+def assert_profile_valid(bundle: dict[str, Any]) -> None:
+    """The bridge's own MedCom profile validation finds no error."""
+    outcome = validate_message(bundle)
+    assert not outcome.has_errors, outcome.to_fhir()
+
+
 MESSAGES = sorted((SHARED / "hospitalnotification").glob("Bundle-*.json")) + sorted(
     (SHARED / "carecommunication").glob("Bundle-*.json")
 )
@@ -58,6 +67,7 @@ def test_receipt_for_each_official_message(path: Path, code: Any) -> None:
     )
     ack = build_acknowledgement(message, code, issues=issues, now=lambda: NOW)
     Bundle.model_validate(ack)
+    assert_profile_valid(ack)
     header = ack["entry"][0]["resource"]
     original = message["entry"][0]["resource"]
     assert header["response"]["identifier"] == original["id"] and header["response"]["code"] == code
@@ -118,7 +128,7 @@ def test_receipts_correlate_with_what_was_sent() -> None:
 
 def test_explicit_ids_sender_and_ok_with_a_note() -> None:
     message = read(MESSAGES[0])
-    bridge = Party(name="Bridge", sor="123456789", gln="5790000000005")
+    bridge = Party(name="Bridge", sor="12345678901", gln="5790000000005")
     ack = build_acknowledgement(
         message,
         "ok",

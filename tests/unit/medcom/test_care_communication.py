@@ -15,11 +15,20 @@ from pydantic import ValidationError
 
 from bridge.errors import InvalidMessage
 from bridge.medcom.care_communication import build_care_communication, forward, reply, to_correspondence
+from bridge.medcom.validation import validate_message
 from bridge.municipal.correspondence import Attachment, Author, Correspondence, Paragraph
 from bridge.municipal.events import MessageMeta, Party
 from bridge.municipal.model import Citizen, PersonName
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "medcom"
+
+
+def assert_profile_valid(bundle: dict[str, Any]) -> None:
+    """The bridge's own MedCom profile validation finds no error."""
+    outcome = validate_message(bundle)
+    assert not outcome.has_errors, outcome.to_fhir()
+
+
 EXAMPLES = sorted((SHARED / "carecommunication").glob("Bundle-*.json"))
 
 
@@ -38,6 +47,7 @@ def test_example_to_correspondence_and_back_keeps_everything(path: Path) -> None
     corr = to_correspondence(original)
     message = build_care_communication(corr)
     Bundle.model_validate(message)
+    assert_profile_valid(message)
     assert to_correspondence(message) == corr
     # Payload content and extension values survive unchanged; only resource ids are the bridge's own.
     for got, want in zip(_payloads(message), _payloads(original), strict=True):
@@ -155,6 +165,7 @@ def test_a_thread_of_new_reply_and_forward_keeps_the_chain() -> None:
     answered = reply(received, [answer], message=_meta(T0 + dt.timedelta(days=1)))
     message = build_care_communication(answered)
     Bundle.model_validate(message)
+    assert_profile_valid(message)
     back = to_correspondence(message)
     assert back == answered
     assert back.thread_id == first.thread_id and back.sender == HOSPITAL and back.receiver == MUNICIPALITY
@@ -188,6 +199,7 @@ def test_a_thread_of_new_reply_and_forward_keeps_the_chain() -> None:
         forwarded, new_id=lambda: next(ids), now=lambda: T0 + dt.timedelta(days=2)
     )
     Bundle.model_validate(message)
+    assert_profile_valid(message)
     assert message["id"] == str(uuid.UUID(int=1))
     final = to_correspondence(message)
     assert final.kind == "forward" and final.thread_id != first.thread_id

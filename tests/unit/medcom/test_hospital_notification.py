@@ -23,6 +23,7 @@ from bridge.medcom.hospital_notification import (
     classify,
     to_event,
 )
+from bridge.medcom.validation import validate_message
 from bridge.municipal.events import (
     EpisodeOfCareId,
     HospitalStayEvent,
@@ -34,6 +35,14 @@ from bridge.municipal.events import (
 from bridge.municipal.model import Citizen, PersonName
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "medcom"
+
+
+def assert_profile_valid(bundle: dict[str, Any]) -> None:
+    """The bridge's own MedCom profile validation finds no error."""
+    outcome = validate_message(bundle)
+    assert not outcome.has_errors, outcome.to_fhir()
+
+
 EXAMPLES = SHARED / "hospitalnotification"
 
 
@@ -119,6 +128,7 @@ def test_example_event_to_message_and_back_is_the_identity(bundle_id: str) -> No
     event = to_event(load(bundle_id))
     message = build_hospital_notification(event)
     Bundle.model_validate(message)
+    assert_profile_valid(message)
     assert to_event(message) == event
     assert classify(message) == INDEX[bundle_id]
 
@@ -272,7 +282,7 @@ def _gln(digits: str) -> str:
 PARTIES = st.builds(
     Party,
     name=st.none() | NAMES,
-    sor=st.from_regex(r"[1-9][0-9]{5,17}", fullmatch=True),
+    sor=st.from_regex(r"[1-9][0-9]{10,17}", fullmatch=True),
     gln=st.from_regex(r"[0-9]{12}", fullmatch=True).map(_gln),
 )
 CPRS = st.builds(
@@ -357,6 +367,7 @@ def events(draw: st.DrawFn) -> HospitalStayEvent:
 @given(events())
 def test_event_to_message_to_event_is_the_identity(event: HospitalStayEvent) -> None:
     message = build_hospital_notification(event)
+    assert_profile_valid(message)
     deceased_before = event.kind == "died" and event.change != "new"
     assert to_event(message, previously_deceased=deceased_before) == event
     assert classify(message, previously_deceased=deceased_before) == event.code
@@ -388,5 +399,6 @@ def test_every_use_case_builds_a_valid_fhir_bundle(kind: str, change: str, stay:
     ids = iter(str(uuid.UUID(int=i)) for i in range(1, 10))
     message = build_hospital_notification(event, new_id=lambda: next(ids), now=lambda: start)
     Bundle.model_validate(message)
+    assert_profile_valid(message)
     assert message["id"] == str(uuid.UUID(int=1))
     assert classify(message, previously_deceased=kind == "died" and change != "new") == event.code
