@@ -10,6 +10,7 @@ from fhir.resources.R4B.bundle import Bundle
 from hypothesis import HealthCheck, given, settings
 from record_strategies import records
 
+from bridge.fhir.klgateway import check_bundle
 from bridge.translate import fhir_to_record, parse_record, record_to_fhir
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,6 +41,8 @@ def test_bundle_to_record_and_back_is_the_same_bundle(data: dict[str, Any]) -> N
 def test_every_produced_bundle_is_valid_fhir_r4(data: dict[str, Any]) -> None:
     bundle = record_to_fhir(parse_record(orjson.dumps(data)))
     Bundle.model_validate(bundle)  # raises on any structural error
+    kl = check_bundle(bundle)  # the second, independent check: the published KL Gateway constraints
+    assert not kl.has_errors, kl.to_fhir()
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(urls) == len(set(urls))
     assert all(u.startswith("urn:uuid:") for u in urls)
