@@ -1,7 +1,7 @@
 """Translation benchmark: records per second each way on one core, against the json floor.
 
-Prints one JSON object. The typical record: 1 citizen, 8 conditions, 4 goals, 6 interventions,
-10 observations, 3 medications, 5 journal notes (``typical_record()``).
+Prints one JSON object. The typical record (``examples/records/typical-record.json``): 1 citizen,
+8 conditions, 4 goals, 6 interventions, 10 observations, 3 medications, 5 journal notes.
 
     python benchmarks/translate.py [--seconds 2] [--record FILE]
 """
@@ -15,163 +15,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from bridge.translate import fhir_to_record, mapping_set, parse_record, record_to_fhir
 
-HOME_CARE = ["J1.1", "J1.2", "J1.3", "J2.1", "J2.2"]
-NURSING = ["I1.1", "I2.1", "I3.1"]
-
-
-def typical_record() -> dict[str, Any]:
-    """A record of the size the issue names, with realistic content."""
-    conditions = [
-        {
-            "id": f"c{i}",
-            "code": code,
-            "clinical_status": "active",
-            "severity": i % 5,
-            "recorded": "2024-03-01",
-            "follow_up": "2024-09-01",
-        }
-        for i, code in enumerate(HOME_CARE)
-    ] + [
-        {"id": f"n{i}", "code": code, "clinical_status": "active", "recorded": "2024-03-02"}
-        for i, code in enumerate(NURSING)
-    ]
-    goals = [
-        {"id": f"g{i}", "condition_id": f"c{i}", "expected_severity": 1, "start": "2024-03-01"}
-        for i in range(4)
-    ]
-    interventions = [
-        {
-            "id": f"p{i}",
-            "kind": "planned",
-            "code": code,
-            "status": "active",
-            "start": "2024-03-01",
-            "condition_ids": [f"c{i}"],
-        }
-        for i, code in enumerate(["H1.1", "H1.2", "H2.1", "H2.2"])
-    ] + [
-        {
-            "id": f"d{i}",
-            "kind": "completed",
-            "code": "G1.10",
-            "status": "completed",
-            "start": f"2024-03-0{i + 3}T09:00:00+01:00",
-            "condition_ids": ["n0"],
-        }
-        for i in range(2)
-    ]
-    kinds = [
-        ("weight", "loinc", "29463-7", "kg", {"value": 72.4}),
-        ("blood-pressure", "loinc", "85354-9", "mm[Hg]", {"systolic": 135.0, "diastolic": 85.0}),
-        ("pulse", "loinc", "8867-4", "/min", {"value": 72.0}),
-        ("temperature", "npu", "NPU08676", "Cel", {"value": 37.1}),
-        ("spo2", "loinc", "59408-5", "%", {"value": 96.0}),
-        ("blood-glucose", "npu", "NPU22089", "mmol/L", {"value": 6.2}),
-    ]
-    observations = []
-    for i in range(10):
-        kind, system, code, unit, values = kinds[i % len(kinds)]
-        observations.append(
-            {
-                "id": f"o{i}",
-                "kind": kind,
-                "code": {"system": system, "code": code},
-                "unit": unit,
-                "effective": f"2024-03-{10 + i}T08:30:00+01:00",
-                "performer": "Karen Hjemmesygeplejerske",
-                **values,
-            }
-        )
-    medications = [
-        {
-            "id": "m1",
-            "name": "Panodil",
-            "atc": "N02BE01",
-            "dose": "1 g 3 gange dagligt",
-            "route": "oral",
-            "status": "active",
-            "start": "2024-01-01",
-        },
-        {
-            "id": "m2",
-            "name": "Furix",
-            "atc": "C03CA01",
-            "dose": "40 mg morgen",
-            "route": "oral",
-            "status": "active",
-        },
-        {
-            "id": "m3",
-            "name": "Insulatard",
-            "atc": "A10AC01",
-            "dose": "12 IE aften",
-            "route": "subkutan",
-            "status": "active",
-            "start": "2023-06-01",
-        },
-    ]
-    notes = [
-        {
-            "id": f"j{i}",
-            "time": f"2024-03-1{i}T14:00:00+01:00",
-            "author": {"name": "Karen Hjemmesygeplejerske", "role": "sygeplejerske"},
-            "category": "nursing",
-            "text": "Borgeren er i god trivsel. Blodsukker målt og insulin givet som ordineret. " * 2,
-        }
-        for i in range(5)
-    ]
-    return {
-        "metadata": {
-            "source_system": "Demo Omsorg",
-            "record_id": "bench-1",
-            "version": "7",
-            "last_changed": "2024-03-20T12:00:00+01:00",
-        },
-        "citizen": {
-            "cpr": "0101701234",
-            "name": {"given": ["Inger"], "family": "Testesen"},
-            "address": {
-                "lines": ["Fiktivvej 1"],
-                "postal_code": "8000",
-                "city": "Aarhus",
-                "municipality_code": "0751",
-            },
-            "phone": "+45 11223344",
-        },
-        "organization": {
-            "municipality": {
-                "name": "Aarhus Kommune",
-                "code": "0751",
-                "sor": "123456789012345",
-                "gln": "5790000121526",
-            },
-            "unit": {
-                "name": "Hjemmeplejen Syd",
-                "kind": "home-care-group",
-                "sor": "123456789012346",
-                "gln": "5790001382445",
-            },
-        },
-        "conditions": conditions,
-        "goals": goals,
-        "interventions": interventions,
-        "observations": observations,
-        "medications": medications,
-        "journal_notes": notes,
-        "contacts": {
-            "relatives": [
-                {"id": "r1", "name": "Ole Testesen", "relationship": "child", "phone": "+45 55667788"}
-            ],
-            "general_practitioner": {"name": "Lægehuset Fiktiv", "ydernummer": "12345"},
-        },
-    }
-
+TYPICAL = Path(__file__).resolve().parent.parent / "examples" / "records" / "typical-record.json"
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
     fn()
@@ -194,7 +43,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    record_bytes = args.record.read_bytes() if args.record else orjson.dumps(typical_record())
+    record_bytes = (args.record or TYPICAL).read_bytes()
     mapping_set()  # compile the specs once, outside the measurement
     bundle = record_to_fhir(parse_record(record_bytes))
     bundle_bytes = orjson.dumps(bundle)
