@@ -69,8 +69,11 @@ def _independent(fn: Fn) -> Fn:
     return fn
 
 
+_CONSTANTS: weakref.WeakSet[Fn] = weakref.WeakSet()
+
+
 def _once_per_resource(fn: Fn) -> Fn:
-    if fn not in _INDEPENDENT:
+    if fn not in _INDEPENDENT or fn in _CONSTANTS:
         return fn
 
     def cached(env: Env, focus: Coll) -> Coll:
@@ -78,9 +81,10 @@ def _once_per_resource(fn: Fn) -> Fn:
         found = env.memo.get(key)
         if found is None:
             found = env.memo[key] = fn(env, focus)
-        return found  # type: ignore[no-any-return]
+        return found
 
     return _independent(cached)
+
 
 # Element names that are choice types ([x]) somewhere in R4; only these trigger the slower key scan.
 _CHOICE_NAMES = frozenset(
@@ -484,6 +488,7 @@ def _const(value: Coll) -> Fn:
     def const(env: Env, focus: Coll) -> Coll:
         return value
 
+    _CONSTANTS.add(const)
     return _independent(const)
 
 

@@ -29,6 +29,12 @@ from bridge.medcom.validation.terminology import (
     structure_definition,
 )
 
+
+def _as_list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (absent, or wrongly a scalar) as empty."""
+    return value if isinstance(value, list) else []
+
+
 if TYPE_CHECKING:
     from bridge.medcom.validation.run import Run
 
@@ -522,7 +528,7 @@ def _check_binding(node: Node, codes: CodeSet, value: Any, path: str, run: Run) 
     if not isinstance(value, dict):
         return
     if "coding" in value or "text" in value:
-        codings = value.get("coding") or []
+        codings = _as_list(value.get("coding"))
         if not any(isinstance(c, dict) and codes.has_coding(c.get("system"), c.get("code")) for c in codings):
             shown = ", ".join(f"{c.get('system')}#{c.get('code')}" for c in codings if isinstance(c, dict))
             run.add(_code_issue(node, f"coding {shown or '(none)'}", path))

@@ -25,6 +25,12 @@ from bridge.fhir.outcome import Issue, IssueCode
 from bridge.medcom.validation.profile import ACK_ERRORS
 from bridge.medcom.validation.run import Run
 
+
+def _as_list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (absent, or wrongly a scalar) as empty."""
+    return value if isinstance(value, list) else []
+
+
 EVENT_SYSTEM = "http://medcomfhir.dk/ig/terminology/CodeSystem/medcom-messaging-eventCodes"
 _HN = "http://medcomfhir.dk/ig/hospitalnotification/StructureDefinition/"
 _CC = "http://medcomfhir.dk/ig/carecommunication/StructureDefinition/"
@@ -154,7 +160,7 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 def references_resolve(bundle: dict[str, Any], run: Run, kind: MessageKind) -> None:
     for i, resource in _entries(bundle):
-        rtype = resource.get("resourceType")
+        rtype = str(resource.get("resourceType"))
         base = f"Bundle.entry[{i}].resource"
         for key, value in resource.items():
             if key == "text" or (rtype, key) in _EXEMPT or not isinstance(value, dict | list):
@@ -193,8 +199,8 @@ def organisation_identifiers(bundle: dict[str, Any], run: Run, kind: MessageKind
                 addressed.append(("receiver", receiver))
     for role, org in addressed:
         path = run.path_of(org)
-        ids = [i for i in org.get("identifier") or [] if isinstance(i, dict)]
-        systems = {i.get("system") for i in ids}
+        ids = [i for i in _as_list(org.get("identifier")) if isinstance(i, dict)]
+        systems = {i.get("system") for i in ids if isinstance(i.get("system"), str)}
         missing = "MSG_Receiver_Identifier_MISSING" if role == "receiver" else None
         if SOR_SYSTEM not in systems:
             run.add(
@@ -220,10 +226,10 @@ def organisation_identifiers(bundle: dict[str, Any], run: Run, kind: MessageKind
         if org.get("resourceType") != "Organization":
             continue
         path = run.path_of(org)
-        for n, ident in enumerate(org.get("identifier") or []):
+        for n, ident in enumerate(_as_list(org.get("identifier"))):
             if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
                 continue
-            system, value = ident.get("system"), ident["value"]
+            system, value = str(ident.get("system")), ident["value"]
             problem = (
                 check_gln(value)
                 if system in GLN_SYSTEMS
@@ -241,7 +247,7 @@ def patient_cpr(bundle: dict[str, Any], run: Run, kind: MessageKind) -> None:
             continue
         path = run.path_of(patient)
         cprs = 0
-        for n, ident in enumerate(patient.get("identifier") or []):
+        for n, ident in enumerate(_as_list(patient.get("identifier"))):
             if not isinstance(ident, dict) or ident.get("system") != CPR_SYSTEM:
                 continue
             cprs += 1

@@ -20,6 +20,11 @@ from bridge.medcom.validation.terminology import (
 )
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (absent, or wrongly a scalar) as empty."""
+    return value if isinstance(value, list) else []
+
+
 class Run:
     """Validation state for one Bundle; implements :class:`fhirpath.Host`."""
 
@@ -96,7 +101,7 @@ class Run:
             if "coding" in item:
                 return any(
                     isinstance(c, dict) and codes.has_coding(c.get("system"), c.get("code"))
-                    for c in item.get("coding") or []
+                    for c in _as_list(item.get("coding"))
                 )
             return codes.has_coding(item.get("system"), item.get("code"))
         return False
@@ -157,7 +162,7 @@ class Run:
         target = self.resolve(ref)
         if target is None:
             return  # unresolved references are the 'references-resolve' rule's finding
-        rtype = target.get("resourceType")
+        rtype = str(target.get("resourceType"))
         allowed: dict[str, list[str]] = {}
         for url in targets:
             sd = structure_definition(url)

@@ -41,10 +41,10 @@ class CodeSet:
     codes: frozenset[str]
 
     def has_coding(self, system: Any, code: Any) -> bool:
-        return (system, code) in self.pairs
+        return isinstance(system, str) and isinstance(code, str) and (system, code) in self.pairs
 
     def has_code(self, code: Any) -> bool:
-        return code in self.codes
+        return isinstance(code, str) and code in self.codes
 
 
 def canonical(url: str) -> str:
