@@ -398,7 +398,10 @@ class SqliteOutboxStore:
             "limit": limit,
         }
         with self._write() as conn:
-            rows = conn.execute(_Q["claim_due"], params).fetchall()
+            rows = conn.execute(_Q["claim_expired"], params).fetchall()
+            if len(rows) < limit:
+                rows += conn.execute(_Q["claim_pending"], {**params, "limit": limit - len(rows)}).fetchall()
+        # RETURNING yields rows in no promised order; hand them out oldest first.
         rows.sort(key=lambda r: (r["next_attempt_at"], r["seq"]))
         return [
             ClaimedDelivery(

@@ -48,9 +48,24 @@ RETURNING seq;
 SELECT seq, recorded_at, action, actor, message_id, body, prev_hash, hash
   FROM audit WHERE seq > :after_seq ORDER BY seq LIMIT :limit;
 
--- name: claim_due
--- A delivery is claimable when it is due (pending and its time has come, or leased with an expired
--- lease) and no older delivery for the same citizen and destination is still open.
+-- name: claim_expired
+-- Leases whose holder went quiet (crashed, partitioned) are taken over first: their work is the oldest.
+UPDATE deliveries
+   SET lease_owner = :worker_id,
+       lease_expires_at = :lease_expires_at,
+       attempts = attempts + 1
+ WHERE seq IN (
+        SELECT d.seq FROM deliveries d
+         WHERE d.state = 'leased' AND d.lease_expires_at <= :now
+         ORDER BY d.lease_expires_at
+         LIMIT :limit)
+RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
+          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at;
+
+-- name: claim_pending
+-- A pending delivery is claimable when it is due and no older delivery for the same citizen and
+-- destination is still open. The scan follows deliveries_due (state, next_attempt_at, seq), so it
+-- stops as soon as :limit heads are found instead of sorting the whole backlog.
 UPDATE deliveries
    SET state = 'leased',
        lease_owner = :worker_id,
@@ -59,8 +74,7 @@ UPDATE deliveries
        first_attempt_at = COALESCE(first_attempt_at, :now)
  WHERE seq IN (
         SELECT d.seq FROM deliveries d
-         WHERE ((d.state = 'pending' AND d.next_attempt_at <= :now)
-                OR (d.state = 'leased' AND d.lease_expires_at <= :now))
+         WHERE d.state = 'pending' AND d.next_attempt_at <= :now
            AND (d.citizen_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM deliveries o
                  WHERE o.citizen_key = d.citizen_key
