@@ -13,8 +13,8 @@ from fhirpathpy.models import models
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.medcom.validation import is_medcom_message, recognise, validate_message
 from bridge.medcom.validation import fhirpath as fp
+from bridge.medcom.validation import is_medcom_message, recognise, validate_message
 from bridge.medcom.validation.profile import SKIPPED_BASE_INVARIANTS, compile_profile
 from bridge.medcom.validation.terminology import expand, shipped_profiles, structure_definition
 
