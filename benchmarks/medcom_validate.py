@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     args = parser.parse_args()
     sets = {
-        "hospital_notification": sorted((args.shared / "medcom" / "hospitalnotification").glob("Bundle-*.json")),
+        "hospital_notification": sorted(
+            (args.shared / "medcom" / "hospitalnotification").glob("Bundle-*.json")
+        ),
         "care_communication": sorted((args.shared / "medcom" / "carecommunication").glob("Bundle-*.json")),
     }
     report: dict[str, Any] = {

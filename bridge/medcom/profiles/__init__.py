@@ -1,0 +1,1 @@
+"""Official MedCom StructureDefinitions, ValueSets and CodeSystems the validator ships (see SOURCES.md)."""
