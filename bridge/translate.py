@@ -34,9 +34,18 @@ def _load(directory: str) -> MappingSet:
     return load_mapping_set(Path(directory))
 
 
+_default: tuple[str | None, MappingSet] | None = None
+
+
 def mapping_set(directory: Path | None = None) -> MappingSet:
     """The compiled mappings of ``directory`` (default: ``default_mappings_dir()``), compiled once."""
-    return _load(str((directory or default_mappings_dir()).resolve()))
+    global _default
+    if directory is None:
+        configured = os.environ.get(MAPPINGS_ENV)
+        if _default is None or _default[0] != configured:
+            _default = (configured, _load(str(default_mappings_dir().resolve())))
+        return _default[1]
+    return _load(str(directory.resolve()))
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -79,13 +88,15 @@ def fhir_to_record(
 ) -> tuple[MunicipalRecord, Outcome]:
     """A FHIR Bundle -> the municipal record, with a warning for each element the record cannot hold."""
     ms = mappings or mapping_set()
-    data, outcome = ms.to_municipal(bundle)
+    reading = ms.read_bundle(bundle)
+    outcome = Outcome(reading.warnings)
     try:
-        record = MunicipalRecord.model_validate(data)
+        record = MunicipalRecord.model_validate(reading.record)
     except ValidationError as exc:
         issues = validation_issues(exc, prefix="MunicipalRecord.")
         raise UnmappableRecord(
             issues + outcome.issues, "the Bundle does not make a valid municipal record"
         ) from exc
-    outcome.extend(ms.left_behind(bundle, record.model_dump(mode="json", exclude_none=True)))
+    # the record as read (before the model's defaults): what the Bundle said, so what it could keep
+    outcome.extend(ms.left_behind(bundle, reading.record, reading))
     return record, outcome
