@@ -98,9 +98,13 @@ def translate(
     ] = None,
     mappings: MappingsOpt = None,
 ) -> None:
-    """Translate a municipal record to a FHIR Bundle, or a FHIR Bundle to a municipal record."""
+    """Translate municipal JSON to FHIR, or FHIR to municipal JSON.
+
+    A care record (municipal-v1) <-> a FHIR Bundle; a hospital stay event <-> a MedCom HospitalNotification;
+    a correspondence <-> a MedCom CareCommunication.
+    """
     from bridge.fhir.parse import parse_fhir, sniff_format, to_xml
-    from bridge.translate import fhir_to_record, mapping_set, parse_record, record_to_fhir
+    from bridge.translate import fhir_to_municipal, mapping_set, municipal_to_fhir
 
     body = _read(source)
     try:
@@ -109,17 +113,17 @@ def translate(
         _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
     try:
         if to is Target.fhir:
-            bundle = record_to_fhir(parse_record(body), ms)
+            resource = municipal_to_fhir(body, ms)
             if fmt is FhirFormat.xml:
-                sys.stdout.write(to_xml(bundle).decode("utf-8") + "\n")
+                sys.stdout.write(to_xml(resource).decode("utf-8") + "\n")
             else:
-                _write_json(bundle)
+                _write_json(resource)
             return
         in_fmt = fmt.value if fmt is not None else sniff_format(body, None)
-        record, outcome = fhir_to_record(parse_fhir(body, in_fmt), ms)
+        result, outcome = fhir_to_municipal(parse_fhir(body, in_fmt), ms)
     except InvalidInput as exc:
         _invalid(exc)
-    sys.stdout.write(record.model_dump_json(indent=2, exclude_none=True) + "\n")
+    sys.stdout.write(result.model_dump_json(indent=2, exclude_none=True) + "\n")
     if outcome.issues:
         sys.stderr.write(
             f"fhir-bridge: warning: {len(outcome.issues)} element(s) not kept in the municipal record\n"

@@ -100,3 +100,67 @@ def fhir_to_record(
     # the record as read (before the model's defaults): what the Bundle said, so what it could keep
     outcome.extend(ms.left_behind(bundle, reading.record, reading))
     return record, outcome
+
+
+# ------------------------------------------------------------------------------------------ any kind
+#: The municipal JSON formats the bridge translates, by their ``format`` field.
+MUNICIPAL_FORMATS = ("municipal-v1", "hospital-stay-event-v1", "correspondence-v1")
+
+
+def municipal_to_fhir(
+    data: bytes | str | dict[str, Any], mappings: MappingSet | None = None
+) -> dict[str, Any]:
+    """Any municipal JSON -> FHIR, chosen by its ``format``: a care record (default) becomes a collection
+    Bundle through the mapping specs; a hospital stay event a MedCom HospitalNotification; a
+    correspondence a MedCom CareCommunication."""
+    import orjson
+
+    from bridge.medcom.care_communication import build_care_communication
+    from bridge.medcom.hospital_notification import build_hospital_notification
+    from bridge.municipal.correspondence import Correspondence
+    from bridge.municipal.events import HospitalStayEvent
+
+    try:
+        parsed = data if isinstance(data, dict) else orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput([Issue("error", "structure", f"invalid JSON: {exc}", ("(body)",))]) from exc
+    kind = parsed.get("format", "municipal-v1") if isinstance(parsed, dict) else None
+    try:
+        if kind == "hospital-stay-event-v1":
+            return build_hospital_notification(HospitalStayEvent.model_validate(parsed))
+        if kind == "correspondence-v1":
+            return build_care_communication(Correspondence.model_validate(parsed))
+    except ValidationError as exc:
+        raise InvalidInput(validation_issues(exc), f"the {kind} document is not valid") from exc
+    if kind not in MUNICIPAL_FORMATS:
+        raise InvalidInput(
+            [
+                Issue(
+                    "error",
+                    "value",
+                    f"unknown format {kind!r}; one of {', '.join(MUNICIPAL_FORMATS)}",
+                    ("format",),
+                )
+            ]
+        )
+    return record_to_fhir(parse_record(parsed), mappings)
+
+
+def fhir_to_municipal(resource: dict[str, Any], mappings: MappingSet | None = None) -> tuple[Any, Outcome]:
+    """Any FHIR input -> its municipal form: a MedCom HospitalNotification becomes a hospital stay
+    event, a CareCommunication a correspondence; any other Bundle a care record (with warnings for what
+    the record cannot hold). Returns a pydantic model and an Outcome."""
+    from bridge.medcom.care_communication import to_correspondence
+    from bridge.medcom.hospital_notification import to_event
+    from bridge.medcom.validation import recognise
+
+    kind = recognise(resource) if resource.get("resourceType") == "Bundle" else None
+    if kind == "hospital-notification":
+        return to_event(resource), Outcome()
+    if kind == "care-communication":
+        return to_correspondence(resource), Outcome()
+    if kind == "acknowledgement":
+        raise InvalidInput(
+            [Issue("error", "not-supported", "an Acknowledgement has no municipal form", ("Bundle",))]
+        )
+    return fhir_to_record(resource, mappings)

@@ -196,3 +196,34 @@ def test_no_arguments_prints_help_without_a_traceback() -> None:
     result = run()
     assert result.returncode in (0, 2)
     assert b"translate" in result.stdout + result.stderr
+
+
+MEDCOM_MESSAGES = sorted((SHARED / "medcom" / "hospitalnotification").glob("Bundle-*.json")) + sorted(
+    (SHARED / "medcom" / "carecommunication").glob("Bundle-*.json")
+)
+
+
+@pytest.mark.parametrize("path", MEDCOM_MESSAGES, ids=lambda p: p.name[7:15])
+def test_official_medcom_messages_translate_to_municipal_and_back_to_a_valid_message(path: Path) -> None:
+    municipal = run("translate", "--to", "municipal", str(path))
+    assert municipal.returncode == 0, municipal.stderr
+    kind = json.loads(municipal.stdout)["format"]
+    assert kind in ("hospital-stay-event-v1", "correspondence-v1")
+    again = run("translate", "--to", "fhir", "-", stdin=municipal.stdout)
+    assert again.returncode == 0, again.stderr
+    checked = run("validate", "-", stdin=again.stdout)
+    assert checked.returncode == 0, checked.stdout
+    original = json.loads(path.read_text(encoding="utf-8"))
+    rebuilt = json.loads(again.stdout)
+    assert (
+        rebuilt["entry"][0]["resource"]["id"] == original["entry"][0]["resource"]["id"]
+    )  # MessageHeader.id kept
+
+
+def test_validate_names_the_location_of_a_broken_medcom_message(tmp_path: Path) -> None:
+    path = SHARED / "medcom" / "hospitalnotification" / "Bundle-a5e5b880-c087-4055-b9ec-99108695f81d.json"
+    message = json.loads(path.read_text(encoding="utf-8"))
+    message["entry"] = message["entry"][1:] + message["entry"][:1]  # MessageHeader no longer first
+    result = run("validate", write(tmp_path, message))
+    assert result.returncode == 1
+    assert any(e.startswith("Bundle.entry") for e in expressions(result))
