@@ -50,7 +50,7 @@ def cpr_birth_date(value: str) -> _dt.date | None:
 
 
 def check_cpr(value: str) -> str | None:
-    """A CPR number: 10 digits whose first six are a real date (DDMMYY). No modulus-11 check (dropped 2007)."""
+    """A CPR number: 10 digits, the first six a real date (DDMMYY). No modulus-11 check (dropped 2007)."""
     if not _CPR_RE.match(value):
         return "a CPR number is 10 digits"
     if cpr_birth_date(value) is None:
