@@ -30,9 +30,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## make bench: the translation benchmark, JSON on stdout
+## make bench: every benchmark, JSON on stdout
 bench: $(STAMP)
 	$(BIN)/python benchmarks/translate.py
+	$(BIN)/python benchmarks/medcom_validate.py
+	$(BIN)/python benchmarks/outbox_sqlite.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
