@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
@@ -351,8 +351,20 @@ class OutboxStore(Protocol):
         """The stored message matching either id, and how it matches; None when both are new."""
         ...
 
-    def claim_due(self, worker_id: str, now: datetime, lease: timedelta, limit: int) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order."""
+    def claim_due(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        *,
+        skip_destinations: Collection[str] = (),
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order.
+
+        Deliveries to ``skip_destinations`` are left alone: the dispatcher names the destinations
+        whose concurrency limit is reached, so their backlog does not crowd out the others.
+        """
         ...
 
     def complete(self, delivery_id: str, worker_id: str, attempt: AttemptRecord, now: datetime) -> None:
@@ -379,6 +391,13 @@ class OutboxStore(Protocol):
         """Operator replay: a dead delivery becomes due now with a fresh retry budget."""
         ...
 
+    def give_up_receipt(self, delivery_id: str, reason: str, now: datetime) -> None:
+        """Park a delivered delivery whose receipt never came (resends exhausted) as dead.
+
+        Raises ``InvalidTransition`` unless the delivery is delivered, expects a receipt and has none.
+        """
+        ...
+
     def record_attempt(self, delivery_id: str, worker_id: str, attempt: AttemptRecord) -> None:
         """Add an attempt to the trace without changing the delivery's state."""
         ...
@@ -399,6 +418,10 @@ class OutboxStore(Protocol):
 
     def message_trace(self, message_id: str) -> MessageTrace | None:
         """The trace of a message by its id or its MessageHeader.id."""
+        ...
+
+    def message_payload(self, message_id: str) -> bytes | None:
+        """The body of a message as received (``NewMessage.payload``); None when unknown or purged."""
         ...
 
     def list_messages(self, filters: MessageFilter) -> list[MessageRecord]:

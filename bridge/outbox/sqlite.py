@@ -13,9 +13,10 @@ Schema and queries live as SQL files in ``bridge/outbox/sql/sqlite/``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -385,7 +386,15 @@ class SqliteOutboxStore:
 
     # -- dispatcher ------------------------------------------------------------------------------------
 
-    def claim_due(self, worker_id: str, now: datetime, lease: timedelta, limit: int) -> list[ClaimedDelivery]:
+    def claim_due(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        *,
+        skip_destinations: Collection[str] = (),
+    ) -> list[ClaimedDelivery]:
         """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -396,6 +405,7 @@ class SqliteOutboxStore:
             "now": _ts(now),
             "lease_expires_at": _ts(now + lease),
             "limit": limit,
+            "skip": json.dumps(sorted(skip_destinations)),
         }
         with self._write() as conn:
             rows = conn.execute(_Q["claim_expired"], params).fetchall()
@@ -486,6 +496,20 @@ class SqliteOutboxStore:
             if row is None:
                 raise NotFound(f"no delivery {delivery_id}")
             raise InvalidTransition(f"delivery {delivery_id} is {row['state']}, not dead; nothing to replay")
+
+    def give_up_receipt(self, delivery_id: str, reason: str, now: datetime) -> None:
+        """Park a delivered delivery whose receipt never came (resends exhausted) as dead."""
+        with self._write() as conn:
+            params = {"id": delivery_id, "reason": reason, "now": _ts(now)}
+            if conn.execute(_Q["give_up_receipt"], params).rowcount == 1:
+                return
+            row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id}")
+            raise InvalidTransition(
+                f"delivery {delivery_id} is {row['state']}; only a delivered one still awaiting its "
+                "receipt can be given up"
+            )
 
     def record_attempt(self, delivery_id: str, worker_id: str, attempt: AttemptRecord) -> None:
         """Add an attempt to the trace without changing the delivery's state."""
@@ -591,6 +615,12 @@ class SqliteOutboxStore:
                 )
                 traces.append(DeliveryTrace(_delivery(d), attempts, receipts))
             return MessageTrace(message, tuple(traces))
+
+    def message_payload(self, message_id: str) -> bytes | None:
+        """The body of a message as received; None when unknown or purged."""
+        with self._read() as conn:
+            row = conn.execute(_Q["message_payload"], {"id": message_id}).fetchone()
+        return None if row is None or row["payload"] is None else bytes(row["payload"])
 
     def list_messages(self, filters: MessageFilter) -> list[MessageRecord]:
         """Messages matching ``filters``, newest first."""

@@ -219,6 +219,75 @@ def test_claim_respects_limit_and_not_before(
     assert len(store.claim_due("w1", clock.now(), long_lease, limit=10)) == 1
 
 
+def test_claim_skips_the_named_destinations(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    store.accept(*messages.build(destinations=("kbh",)))
+    store.accept(*messages.build(destinations=("aarhus",)))
+    store.accept(*messages.build(destinations=("kbh", "odense")))
+
+    claimed = store.claim_due("w1", clock.now(), LEASE, limit=10, skip_destinations={"kbh"})
+    assert sorted(c.destination for c in claimed) == ["aarhus", "odense"]
+    assert store.claim_due("w1", clock.now(), LEASE, limit=10, skip_destinations=["kbh", "x"]) == []
+    # An expired lease is not taken over for a skipped destination either.
+    kbh = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert [c.destination for c in kbh] == ["kbh", "kbh"]
+    clock.advance(LEASE)
+    taken_over = store.claim_due("w2", clock.now(), LEASE, limit=10, skip_destinations=("kbh",))
+    assert sorted(c.destination for c in taken_over) == ["aarhus", "odense"]
+    again = store.claim_due("w2", clock.now(), LEASE, limit=10)
+    assert sorted(c.id for c in again) == sorted(c.id for c in kbh)
+    assert {c.attempt for c in again} == {2}
+
+
+def test_message_payload_is_the_body_as_received(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION)
+    store.accept(message, deliveries, audit)
+
+    assert store.message_payload(message.id) == load_example(ADMISSION).payload
+    assert store.message_payload(str(uuid.uuid4())) is None
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.complete(claimed.id, "w1", ok(clock), clock.now())
+    store.purge_payloads(clock.now() + timedelta(days=1))
+    assert store.message_payload(message.id) is None
+
+
+def test_give_up_receipt_parks_an_unacknowledged_delivery_as_dead(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION, expect_receipt=True)
+    store.accept(message, deliveries, audit)
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    with pytest.raises(InvalidTransition):
+        store.give_up_receipt(claimed.id, "no receipt", clock.now())  # still leased
+    store.complete(claimed.id, "w1", ok(clock), clock.now())
+
+    store.give_up_receipt(claimed.id, "no receipt", clock.now())
+    (dead,) = store.list_deliveries("dead")
+    assert (dead.id, dead.last_error, dead.dead_at) == (claimed.id, "no receipt", clock.now())
+    assert store.receipt_overdue(clock.now() + timedelta(days=1), timedelta(0), 5, 10) == []
+    with pytest.raises(InvalidTransition):
+        store.give_up_receipt(claimed.id, "no receipt", clock.now())
+    with pytest.raises(NotFound):
+        store.give_up_receipt(str(uuid.uuid4()), "no receipt", clock.now())
+    # A replay sends it again with a fresh budget.
+    store.retry_dead(claimed.id, clock.now())
+    (replayed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    assert replayed.id == claimed.id and replayed.attempt == 1
+
+
+def test_give_up_receipt_refuses_a_delivery_that_got_its_receipt(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    message, deliveries, audit = messages.from_example(ADMISSION, expect_receipt=True)
+    store.accept(message, deliveries, audit)
+    (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    store.complete(claimed.id, "w1", ok(clock), clock.now())
+    store.record_receipt(NewReceipt(str(uuid.uuid4()), message.header_id, "kbh", "ok", clock.now()))
+    with pytest.raises(InvalidTransition):
+        store.give_up_receipt(claimed.id, "no receipt", clock.now())
+
+
 def test_expired_lease_is_reclaimed_by_another_worker(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:

@@ -57,6 +57,7 @@ UPDATE deliveries
  WHERE seq IN (
         SELECT d.seq FROM deliveries d
          WHERE d.state = 'leased' AND d.lease_expires_at <= :now
+           AND d.destination NOT IN (SELECT value FROM json_each(:skip))
          ORDER BY d.lease_expires_at
          LIMIT :limit)
 RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
@@ -65,7 +66,8 @@ RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, con
 -- name: claim_pending
 -- A pending delivery is claimable when it is due and no older delivery for the same citizen and
 -- destination is still open. The scan follows deliveries_due (state, next_attempt_at, seq), so it
--- stops as soon as :limit heads are found instead of sorting the whole backlog.
+-- stops as soon as :limit heads are found instead of sorting the whole backlog. :skip is a JSON array
+-- of destinations the caller has no capacity for right now.
 UPDATE deliveries
    SET state = 'leased',
        lease_owner = :worker_id,
@@ -75,6 +77,7 @@ UPDATE deliveries
  WHERE seq IN (
         SELECT d.seq FROM deliveries d
          WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+           AND d.destination NOT IN (SELECT value FROM json_each(:skip))
            AND (d.citizen_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM deliveries o
                  WHERE o.citizen_key = d.citizen_key
@@ -118,6 +121,14 @@ UPDATE deliveries
 UPDATE deliveries
    SET state = 'pending', next_attempt_at = :now, attempts = 0, first_attempt_at = NULL, dead_at = NULL
  WHERE id = :id AND state = 'dead';
+
+-- name: give_up_receipt
+UPDATE deliveries
+   SET state = 'dead', dead_at = :now, last_error = :reason
+ WHERE id = :id AND state = 'delivered' AND expect_receipt = 1 AND receipt_code IS NULL;
+
+-- name: message_payload
+SELECT payload FROM messages WHERE id = :id;
 
 -- name: insert_attempt
 INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
