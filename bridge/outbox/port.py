@@ -424,6 +424,10 @@ class OutboxStore(Protocol):
         """The body of a message as received (``NewMessage.payload``); None when unknown or purged."""
         ...
 
+    def delivery_payload(self, delivery_id: str) -> bytes | None:
+        """The bytes a delivery puts on the wire (after any resend); None when unknown or purged."""
+        ...
+
     def list_messages(self, filters: MessageFilter) -> list[MessageRecord]:
         """Messages matching ``filters``, newest first."""
         ...

@@ -622,6 +622,12 @@ class SqliteOutboxStore:
             row = conn.execute(_Q["message_payload"], {"id": message_id}).fetchone()
         return None if row is None or row["payload"] is None else bytes(row["payload"])
 
+    def delivery_payload(self, delivery_id: str) -> bytes | None:
+        """The bytes a delivery puts on the wire; None when unknown or purged."""
+        with self._read() as conn:
+            row = conn.execute(_Q["delivery_payload"], {"id": delivery_id}).fetchone()
+        return None if row is None or row["payload"] is None else bytes(row["payload"])
+
     def list_messages(self, filters: MessageFilter) -> list[MessageRecord]:
         """Messages matching ``filters``, newest first."""
         params = {

@@ -238,7 +238,7 @@ def test_claim_skips_the_named_destinations(store: OutboxStore, messages: Messag
     assert {c.attempt for c in again} == {2}
 
 
-def test_message_payload_is_the_body_as_received(
+def test_message_and_delivery_payloads_read_back(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:
     message, deliveries, audit = messages.from_example(ADMISSION)
@@ -246,10 +246,13 @@ def test_message_payload_is_the_body_as_received(
 
     assert store.message_payload(message.id) == load_example(ADMISSION).payload
     assert store.message_payload(str(uuid.uuid4())) is None
+    assert store.delivery_payload(deliveries[0].id) == deliveries[0].payload
+    assert store.delivery_payload(str(uuid.uuid4())) is None
     (claimed,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
     store.complete(claimed.id, "w1", ok(clock), clock.now())
     store.purge_payloads(clock.now() + timedelta(days=1))
     assert store.message_payload(message.id) is None
+    assert store.delivery_payload(deliveries[0].id) is None
 
 
 def test_give_up_receipt_parks_an_unacknowledged_delivery_as_dead(

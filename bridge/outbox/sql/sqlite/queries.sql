@@ -130,6 +130,9 @@ UPDATE deliveries
 -- name: message_payload
 SELECT payload FROM messages WHERE id = :id;
 
+-- name: delivery_payload
+SELECT payload FROM deliveries WHERE id = :id;
+
 -- name: insert_attempt
 INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
 SELECT :delivery_id, attempts, :worker_id, :started_at, :latency_ms, :outcome, :status_code, :detail
