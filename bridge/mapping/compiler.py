@@ -25,11 +25,14 @@ from bridge.errors import MappingSpecError
 from bridge.fhir.outcome import Issue
 from bridge.mapping import paths, transforms
 from bridge.mapping.conceptmap import ConceptMap
+from bridge.mapping.ids import item_source
 from bridge.mapping.paths import MISSING, PathError, Step
 from bridge.mapping.spec import SpecFile
 
 Forward = Callable[[Any, dict[str, Any], dict[str, Any], Any, str], None]
 Reverse = Callable[[Any, dict[str, Any], dict[str, Any], Any, str], None]
+#: make(item, root, ctx, loc) -> (item id, resource id, resource), or None (an issue was recorded)
+Make = Callable[[Any, dict[str, Any], Any, str], "tuple[str, str, dict[str, Any]] | None"]
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class CompiledMap:
     match: list[tuple[paths.Getter, Any]]
     forward: Forward | None = None
     reverse: Reverse | None = None
+    make: Make | None = None  # the whole resource: id, meta and the forward rules
     code: str = ""  # the generated source, for reading and debugging
     reads: set[str] = field(default_factory=set)  # record paths read (coverage, documentation)
     writes: set[str] = field(default_factory=set)  # FHIR paths written
@@ -315,7 +319,7 @@ class MapCompiler:
             match=match,
         )
         rules = [self.check_rule(r, (*at, "rules", i), cmap, "", "") for i, r in enumerate(data["rules"])]
-        self.generate(cmap, rules)
+        self.generate(cmap, rules, key_steps)
         return cmap
 
     def check_rule(
@@ -412,17 +416,40 @@ class MapCompiler:
         return out
 
     # --- generating
-    def generate(self, cmap: CompiledMap, rules: list[_Rule]) -> None:
+    def generate(self, cmap: CompiledMap, rules: list[_Rule], key: tuple[Step, ...]) -> None:
         fwd, rev = _Code(), _Code()
         fwd.line(0, "def forward(item, root, out, ctx, loc):")
         for rule in rules:
             self.forward(fwd, rule, 1, "item", "out", "loc")
         fwd.line(1, "return None")
+        # make: the item id, the resource id, meta, then the same rules
+        fwd.line(0, "def make(item, root, ctx, loc):")
+        _emit_get(fwd, 1, "key", "root" if cmap.key_from_root else "item", key, trusted=True)
+        fwd.line(1, "if key is MISSING or key is None:")
+        fwd.line(2, f"_error(ctx.issues, 'required', {'no item id at ' + cmap.key!r}, loc)")
+        fwd.line(2, "return None")
+        fwd.line(1, "key = str(key)")
+        fwd.line(1, f"rid = ctx.id({cmap.name!r}, key)")
+        meta = (
+            "{'source': _item_source(key)"
+            + (f", 'profile': [{cmap.profile!r}]" if cmap.profile else "")
+            + "}"
+        )
+        fwd.line(1, f"out = {{'resourceType': {cmap.resource_type!r}, 'id': rid, 'meta': {meta}}}")
+        for rule in rules:
+            self.forward(fwd, rule, 1, "item", "out", "loc")
+        fwd.line(1, "return key, rid, out")
         rev.line(0, "def reverse(node, item, root, res, loc):")
         for rule in rules:
             self.reverse(rev, rule, 1, "node", "item", "loc")
         rev.line(1, "return None")
-        namespace_base = {"MISSING": MISSING, "_select": _select, "_find": _find, "_error": _error}
+        namespace_base = {
+            "MISSING": MISSING,
+            "_select": _select,
+            "_find": _find,
+            "_error": _error,
+            "_item_source": item_source,
+        }
         source = "\n".join(fwd.lines) + "\n\n" + "\n".join(rev.lines) + "\n"
         cmap.code = source
         for code, name in ((fwd, "forward"), (rev, "reverse")):
@@ -431,6 +458,8 @@ class MapCompiler:
                 compile("\n".join(code.lines), f"<mapping {cmap.file}:{cmap.name}:{name}>", "exec"), namespace
             )
             setattr(cmap, name, namespace[name])
+            if name == "forward":
+                cmap.make = namespace["make"]
 
     def forward(self, code: _Code, rule: _Rule, d: int, item: str, out: str, loc: str) -> None:
         if not rule.to_fhir:

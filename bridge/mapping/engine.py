@@ -14,25 +14,19 @@ and compared with the input: every input element the record could not hold is re
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 from bridge.errors import MappingSpecError, UnmappableRecord
 from bridge.fhir.outcome import Issue, Outcome
 from bridge.mapping import paths
 from bridge.mapping.compiler import CompiledMap, MapCompiler
 from bridge.mapping.conceptmap import ConceptMap, load_conceptmaps
+from bridge.mapping.ids import item_id, resource_id
 from bridge.mapping.paths import MISSING, PathError
 from bridge.mapping.spec import SpecFile, load_spec_dir
 
-#: Namespace of the deterministic resource ids (UUID v5).
-ID_NAMESPACE = uuid.UUID("5d0c3c3e-2b0c-5f55-9a53-6b0f3c1d2e7a")
-ITEM_SOURCE_PREFIX = "urn:municipal-item:"
 BUNDLE = "Bundle"
 
 
@@ -57,21 +51,6 @@ class _Ctx:
 
     def ref(self, map_name: str, item_id: str) -> str:
         return "urn:uuid:" + self.id(map_name, item_id)
-
-
-_NAMESPACE_BYTES = ID_NAMESPACE.bytes
-
-
-def resource_id(muni: str, map_name: str, item_id: str) -> str:
-    """The deterministic id of the resource a map makes from an item: UUID v5 (RFC 4122), as uuid.uuid5."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{muni}/{map_name}/{item_id}".encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_URI_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 class _Resolver:
@@ -146,24 +125,14 @@ class MappingSet:
                 for cmap in group:
                     if cmap.where and not cmap.selected(item):
                         continue
-                    key = cmap.get_key(record if cmap.key_from_root else item)
-                    if key is MISSING:
-                        ctx.issues.append(Issue("error", "required", f"no item id at {cmap.key}", (loc,)))
+                    made = cmap.make(item, record, ctx, loc) if cmap.make is not None else None
+                    if made is None:
                         continue
-                    key = str(key)
-                    rid = ctx.id(cmap.name, key)
-                    meta: dict[str, Any] = {
-                        "source": ITEM_SOURCE_PREFIX
-                        + (key if _URI_SAFE.fullmatch(key) else quote(key, safe=""))
-                    }
-                    if cmap.profile:
-                        meta["profile"] = [cmap.profile]
-                    resource: dict[str, Any] = {"resourceType": cmap.resource_type, "id": rid, "meta": meta}
-                    if cmap.forward is not None:
-                        cmap.forward(item, record, resource, ctx, loc)
-                    entries.append({"fullUrl": "urn:uuid:" + rid, "resource": resource})
+                    key, rid, resource = made
+                    url = "urn:uuid:" + rid
+                    entries.append({"fullUrl": url, "resource": resource})
                     if trace is not None:
-                        trace.append(((cmap.name, key), "urn:uuid:" + rid, resource))
+                        trace.append(((cmap.name, key), url, resource))
         bundle: dict[str, Any] = {"resourceType": "Bundle"}
         for cmap in self.bundle_maps:
             for loc, item in cmap.items(record):
@@ -277,7 +246,7 @@ class MappingSet:
                     )
                 )
                 continue
-            key = _item_id(resource)
+            key = item_id(resource)
             if key is None:
                 res.issues.append(
                     Issue(
@@ -365,17 +334,6 @@ def _merge(current: Any, item: dict[str, Any], cmap: CompiledMap, record: dict[s
         current.update(item)
     else:
         cmap.set_source(record, item)
-
-
-def _item_id(resource: dict[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    if isinstance(meta, dict):
-        source = meta.get("source")
-        if isinstance(source, str) and source.startswith(ITEM_SOURCE_PREFIX):
-            key = source[len(ITEM_SOURCE_PREFIX) :]
-            return unquote(key) if "%" in key else key
-    rid = resource.get("id")
-    return rid if isinstance(rid, str) else None
 
 
 _SKIP_TOP = frozenset({"id", "meta"})
