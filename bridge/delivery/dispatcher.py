@@ -1,0 +1,500 @@
+"""The dispatcher: claim due deliveries, post them, and report each outcome back to the outbox.
+
+One round (``run_once``, or each turn of the background loop that ``start`` runs):
+
+1. **Receipts**: deliveries whose MedCom Acknowledgement is overdue (``medcom.receipt_timeout``) are
+   resent in a new envelope with the same MessageHeader.id, at most ``medcom.max_resends`` times;
+   after the last resend without a receipt the delivery is dead ("no receipt").
+2. **Claim** due deliveries under a lease (``dispatcher.lease``), at most as many as there are free
+   delivery threads, skipping destinations whose concurrency limit is reached - so a slow receiver's
+   backlog never crowds out the others.
+3. **Deliver** each on a small thread pool (the work is waiting on sockets; a store call is short):
+   POST, classify (``outcome.classify``), decide (``policy.decide`` with the destination's policy),
+   and ``complete`` / ``schedule_retry`` / ``dead_letter``, each recording the attempt (time, status,
+   latency; never a body). A receiver's synchronous Acknowledgement is handled like a posted one;
+   receipts a receiver does not send itself are produced on its behalf (``receipts.queue_receipt``).
+
+At-least-once: a worker that dies holding a lease loses it when the lease expires and another
+claims the delivery again; a result that arrives after the lease was lost is dropped (``LeaseLost``),
+the new holder's result counts. The payload, and so the MessageHeader.id, is never changed by a retry.
+
+Shutdown (``stop``): stop claiming, give leased deliveries that have not started back at once, wait
+up to ``dispatcher.shutdown_grace`` for posts in flight, and release whatever is still running then;
+its late result is ignored and the delivery goes out again (the receiver dedupes on the
+MessageHeader.id).
+
+Logs name message, delivery and system ids and status codes - never a payload, a name or a CPR number.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Literal
+
+import httpx
+
+from bridge import audit
+from bridge.clock import Clock
+from bridge.delivery.outcome import Delivered, DeliveryOutcome, Permanent, Transient, classify
+from bridge.delivery.policy import DeadLetter, RetryAt, decide
+from bridge.delivery.receipts import (
+    handle_acknowledgement,
+    queue_receipt,
+    resend_envelope,
+)
+from bridge.delivery.transport import PostResult, Transport
+from bridge.errors import InvalidInput
+from bridge.fhir.parse import parse_fhir, sniff_format
+from bridge.medcom.acknowledgement import EVENT as ACKNOWLEDGEMENT_EVENT
+from bridge.medcom.acknowledgement import AckCode
+from bridge.medcom.common import event_code
+from bridge.outbox.port import (
+    AttemptRecord,
+    ClaimedDelivery,
+    InvalidTransition,
+    LeaseLost,
+    NotFound,
+    OutboxStore,
+    StoreError,
+)
+from bridge.settings import Settings, System
+
+log = logging.getLogger("bridge.delivery")
+
+#: The reason a delivery is dead when its MedCom receipt never came after every resend.
+NO_RECEIPT = "no receipt"
+#: Upper bound on delivery threads; deliveries wait on sockets, not on the CPU.
+MAX_THREADS = 32
+#: How long a delivery waiting for its destination's slot sleeps between looks at a shutdown.
+_SLOT_POLL = 0.05
+
+JobState = Literal["queued", "posting", "released", "abandoned"]
+
+
+@dataclass(slots=True)
+class _Job:
+    claimed: ClaimedDelivery
+    state: JobState = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptCheck:
+    """What one look at overdue receipts did."""
+
+    resent: int = 0
+    given_up: int = 0
+
+
+class Dispatcher:
+    """Delivers the outbox: claims due deliveries under a lease and posts them with retries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: OutboxStore,
+        clock: Clock,
+        *,
+        worker_id: str,
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self.worker_id = worker_id
+        self._config = settings.dispatcher
+        self._transport = Transport(settings, transport)
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._threads = threads or min(MAX_THREADS, sum(s.concurrency for s in settings.systems))
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"deliver-{worker_id}")
+        self._slots = {s.id: threading.BoundedSemaphore(s.concurrency) for s in settings.systems}
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._futures: dict[str, Future[None]] = {}
+        self._per_destination: Counter[str] = Counter()
+        self._starved = False  # the last claim was limited by capacity: a finished job should wake the loop
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._next_receipt_check: datetime | None = None
+
+    # -- public ----------------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One round: resend or give up overdue receipts, claim what is due, deliver it, wait for it.
+
+        Returns how many deliveries were claimed and handled. Tests and tools drive the dispatcher
+        with this; the service uses ``start``.
+        """
+        if self._stopping.is_set():
+            raise RuntimeError("the dispatcher is stopped")
+        self.check_receipts()
+        claimed = self._claim()
+        futures = [self._submit(c) for c in claimed]
+        wait_all(futures)
+        return len(claimed)
+
+    def start(self) -> None:
+        """Deliver in the background: poll the store every ``dispatcher.poll_interval``."""
+        if self._stopping.is_set():
+            raise RuntimeError("the dispatcher is stopped")
+        if self._loop_thread is not None:
+            return
+        self._loop_thread = threading.Thread(
+            target=self._loop, name=f"dispatcher-{self.worker_id}", daemon=True
+        )
+        self._loop_thread.start()
+
+    def notify(self) -> None:
+        """Say that new work may be due (e.g. a message was just accepted): the loop looks at once."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; wait up to ``timeout`` (default ``dispatcher.shutdown_grace``) for posts in
+        flight; release the leases of everything not finished by then. Idempotent."""
+        grace = self._config.shutdown_grace.total_seconds() if timeout is None else timeout
+        first = not self._stopping.is_set()
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join()
+        if not first:
+            return
+        with self._lock:
+            waiting = [job for job in self._jobs.values() if job.state == "queued"]
+            for job in waiting:
+                job.state = "released"
+            running = list(self._futures.values())
+        for job in waiting:
+            self._release(job.claimed)
+        wait_all(running, timeout=max(grace, 0.0))
+        with self._lock:
+            late = [job for job in self._jobs.values() if job.state == "posting"]
+            for job in late:
+                job.state = "abandoned"
+        for job in late:
+            log.info("delivery %s still in flight at shutdown; lease released", job.claimed.id)
+            self._release(job.claimed)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Closing the clients makes an abandoned post fail fast instead of holding its thread.
+        self._transport.close()
+
+    def in_flight(self) -> int:
+        """How many claimed deliveries this dispatcher holds right now."""
+        with self._lock:
+            return len(self._jobs)
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def check_receipts(self, now: datetime | None = None) -> ReceiptCheck:
+        """Resend deliveries whose receipt is overdue; give up on those resent ``max_resends`` times."""
+        now = now or self._clock.now()
+        medcom = self._settings.medcom
+        # One more than max_resends: the deliveries that used every resend show up too, to be given up.
+        overdue = self._store.receipt_overdue(
+            now, medcom.receipt_timeout, medcom.max_resends + 1, self._config.batch_size * 4
+        )
+        resent = given_up = 0
+        for record in overdue:
+            try:
+                if record.resends < medcom.max_resends:
+                    payload = self._store.delivery_payload(record.id)
+                    if payload is None:
+                        continue
+                    self._store.resend(record.id, resend_envelope(payload, "", now), now)
+                    resent += 1
+                    log.info(
+                        "delivery %s of message %s to %s resent (%d of %d): no receipt",
+                        record.id,
+                        record.message_id,
+                        record.destination,
+                        record.resends + 1,
+                        medcom.max_resends,
+                    )
+                else:
+                    self._store.give_up_receipt(record.id, NO_RECEIPT, now)
+                    given_up += 1
+                    log.warning(
+                        "delivery %s of message %s to %s dead: no receipt after %d resends",
+                        record.id,
+                        record.message_id,
+                        record.destination,
+                        record.resends,
+                    )
+                    self._after_dead(
+                        record.message_id,
+                        record.destination,
+                        record.citizen_key,
+                        NO_RECEIPT,
+                        "transient-error",
+                    )
+            except (InvalidTransition, NotFound):
+                continue  # another worker got there first, or the receipt just came
+            except InvalidInput:
+                log.warning("delivery %s cannot be resent: its payload is no MedCom message", record.id)
+        return ReceiptCheck(resent, given_up)
+
+    # -- claiming --------------------------------------------------------------------------------------
+
+    def _capacity(self) -> tuple[int, set[str]]:
+        with self._lock:
+            free = self._threads - len(self._jobs)
+            full = {s.id for s in self._settings.systems if self._per_destination[s.id] >= s.concurrency}
+        return free, full
+
+    def _claim(self) -> list[ClaimedDelivery]:
+        free, full = self._capacity()
+        if free <= 0 or len(full) == len(self._settings.systems):
+            self._starved = True
+            return []
+        limit = min(self._config.batch_size, free)
+        claimed = self._store.claim_due(
+            self.worker_id, self._clock.now(), self._config.lease, limit, skip_destinations=full
+        )
+        self._starved = len(claimed) == limit or bool(full)
+        return claimed
+
+    def _submit(self, claimed: ClaimedDelivery) -> Future[None]:
+        job = _Job(claimed)
+        with self._lock:
+            self._jobs[claimed.id] = job
+            self._per_destination[claimed.destination] += 1
+            future = self._pool.submit(self._run_job, job)
+            self._futures[claimed.id] = future
+        return future
+
+    def _loop(self) -> None:
+        poll = self._config.poll_interval.total_seconds()
+        while not self._stopping.is_set():
+            try:
+                now = self._clock.now()
+                if self._next_receipt_check is None or now >= self._next_receipt_check:
+                    self._next_receipt_check = now + self._config.poll_interval
+                    self.check_receipts(now)
+                claimed = self._claim()
+                for c in claimed:
+                    self._submit(c)
+            except StoreError as exc:
+                log.warning("dispatcher %s: store unavailable (%s)", self.worker_id, type(exc).__name__)
+                claimed = []
+            except Exception as exc:  # the loop must outlive any one bad round
+                log.error("dispatcher %s: round failed (%s)", self.worker_id, type(exc).__name__)
+                claimed = []
+            if claimed and not self._starved:
+                continue  # a full batch: more is probably due
+            self._wake.wait(poll)
+            self._wake.clear()
+
+    # -- delivering ------------------------------------------------------------------------------------
+
+    def _run_job(self, job: _Job) -> None:
+        claimed = job.claimed
+        slot = self._slots.get(claimed.destination)
+        acquired = False
+        try:
+            if slot is not None:
+                while not slot.acquire(timeout=_SLOT_POLL):
+                    if job.state == "released":
+                        return
+                acquired = True
+            with self._lock:
+                if job.state != "queued":
+                    return
+                job.state = "posting"
+            self._deliver(job)
+        except Exception as exc:  # a delivery thread never dies silently; the lease will expire
+            log.error("delivery %s failed in the dispatcher (%s)", claimed.id, type(exc).__name__)
+        finally:
+            if acquired and slot is not None:
+                slot.release()
+            with self._lock:
+                self._jobs.pop(claimed.id, None)
+                self._futures.pop(claimed.id, None)
+                self._per_destination[claimed.destination] -= 1
+                wake = self._starved
+            if wake:
+                self._wake.set()
+
+    def _deliver(self, job: _Job) -> None:
+        claimed = job.claimed
+        system = self._settings.system(claimed.destination)
+        started = self._clock.now()
+        if system is None:
+            reason = f"destination {claimed.destination} is not configured"
+            self._report(job, None, Permanent(reason), started)
+            return
+        if claimed.lease_expires_at - started <= system.timeout:
+            # Waited too long for a slot: the lease could run out mid-post and a second worker
+            # would send the same delivery. Hand it back; the next claim starts a fresh lease.
+            self._release(claimed)
+            return
+        post = self._transport.post(system, claimed.payload, claimed.content_type)
+        outcome = classify(post.result, self._clock.now())
+        self._report(job, post, outcome, started, system)
+
+    def _report(
+        self,
+        job: _Job,
+        post: PostResult | None,
+        outcome: DeliveryOutcome,
+        started: datetime,
+        system: System | None = None,
+    ) -> None:
+        claimed = job.claimed
+        with self._lock:
+            if job.state == "abandoned":
+                log.info("delivery %s finished after shutdown released it; result dropped", claimed.id)
+                return
+        now = self._clock.now()
+        attempt = _attempt_record(outcome, started, post)
+        policy = self._settings.retry_policy(claimed.destination)
+        with self._rng_lock:
+            decision = decide(policy, claimed.attempt, outcome, claimed.first_attempt_at, now, self._rng)
+        try:
+            if isinstance(decision, Delivered):
+                self._store.complete(claimed.id, self.worker_id, attempt, now)
+                log.info(
+                    "delivery %s of message %s to %s delivered (HTTP %d, attempt %d)",
+                    claimed.id,
+                    claimed.message_id,
+                    claimed.destination,
+                    decision.status_code,
+                    claimed.attempt,
+                )
+                self._after_delivered(claimed, system, post)
+            elif isinstance(decision, RetryAt):
+                self._store.schedule_retry(claimed.id, self.worker_id, attempt, decision.at, now)
+                log.info(
+                    "delivery %s of message %s to %s: attempt %d failed (%s), next at %s",
+                    claimed.id,
+                    claimed.message_id,
+                    claimed.destination,
+                    claimed.attempt,
+                    attempt.detail,
+                    decision.at.isoformat(),
+                )
+            else:
+                self._dead_letter(claimed, attempt, decision, outcome, now)
+        except LeaseLost:
+            log.info("delivery %s: lease lost to another worker; this result is dropped", claimed.id)
+        except StoreError as exc:
+            # The lease runs out and the delivery is claimed again: at-least-once holds.
+            log.warning("delivery %s: result not stored (%s)", claimed.id, type(exc).__name__)
+
+    def _dead_letter(
+        self,
+        claimed: ClaimedDelivery,
+        attempt: AttemptRecord,
+        decision: DeadLetter,
+        outcome: DeliveryOutcome,
+        now: datetime,
+    ) -> None:
+        self._store.dead_letter(claimed.id, self.worker_id, attempt, decision.reason, now)
+        log.warning(
+            "delivery %s of message %s to %s dead after attempt %d: %s",
+            claimed.id,
+            claimed.message_id,
+            claimed.destination,
+            claimed.attempt,
+            attempt.detail,
+        )
+        code: AckCode = "fatal-error" if isinstance(outcome, Permanent) else "transient-error"
+        self._after_dead(claimed.message_id, claimed.destination, claimed.citizen_key, decision.reason, code)
+
+    def _after_dead(
+        self, message_id: str, destination: str, citizen_key: str | None, reason: str, code: AckCode
+    ) -> None:
+        now = self._clock.now()
+        trace = self._store.message_trace(message_id)
+        header_id = trace.message.header_id if trace is not None else message_id
+        self._store.append_audit(
+            audit.delivery_outcome(
+                recorded=now,
+                actor=self.worker_id,
+                destination=destination,
+                message_id=message_id,
+                header_id=header_id,
+                outcome="dead-lettered",
+                citizen_key=citizen_key,
+                reason=reason,
+            )
+        )
+        self._queue_receipt(message_id, destination, code, reason)
+
+    def _queue_receipt(self, message_id: str, receiver: str, code: AckCode, reason: str = "") -> None:
+        try:
+            queue_receipt(
+                self._settings,
+                self._store,
+                self._clock,
+                message_id=message_id,
+                receiver=receiver,
+                code=code,
+                reason=reason,
+            )
+        except StoreError as exc:
+            log.warning("message %s: %s receipt not queued (%s)", message_id, code, type(exc).__name__)
+
+    def _after_delivered(
+        self, claimed: ClaimedDelivery, system: System | None, post: PostResult | None
+    ) -> None:
+        if system is None:
+            return
+        if system.format != "fhir":
+            # A municipal-v1 receiver sends no MedCom receipt: the bridge answers for it.
+            self._queue_receipt(claimed.message_id, system.id, "ok")
+            return
+        if post is None or not post.body or not isinstance(post.result, httpx.Response):
+            return
+        try:
+            content_type = post.result.headers.get("content-type")
+            answer = parse_fhir(post.body, sniff_format(post.body, content_type))
+            if event_code(answer) != ACKNOWLEDGEMENT_EVENT:
+                return  # e.g. an OperationOutcome; the receipt may still come by a POST of its own
+            handling = handle_acknowledgement(
+                self._settings, self._store, self._clock, answer, from_system=system.id
+            )
+        except InvalidInput:
+            log.warning("delivery %s: the response body is no readable receipt; ignored", claimed.id)
+            return
+        log.info("delivery %s: synchronous receipt %s", claimed.id, handling.status)
+
+    def _release(self, claimed: ClaimedDelivery) -> None:
+        try:
+            self._store.release(claimed.id, self.worker_id, self._clock.now())
+        except (LeaseLost, NotFound):
+            log.info("delivery %s: lease already gone at release", claimed.id)
+        except StoreError as exc:
+            log.warning(
+                "delivery %s: release not stored (%s); the lease will expire", claimed.id, type(exc).__name__
+            )
+
+
+def _attempt_record(outcome: DeliveryOutcome, started: datetime, post: PostResult | None) -> AttemptRecord:
+    latency = post.latency if post is not None else timedelta(0)
+    if isinstance(outcome, Delivered):
+        return AttemptRecord(
+            started, latency, "delivered", outcome.status_code, f"HTTP {outcome.status_code}"
+        )
+    if isinstance(outcome, Transient):
+        return AttemptRecord(started, latency, "transient", outcome.status_code, outcome.reason)
+    return AttemptRecord(started, latency, "permanent", outcome.status_code, outcome.reason)

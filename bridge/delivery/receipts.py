@@ -1,0 +1,279 @@
+"""MedCom receipts at the delivery end: correlate, forward, produce on a receiver's behalf, resend.
+
+Three jobs, all on top of the outbox store:
+
+- **Received Acknowledgements** (``handle_acknowledgement``): a FHIR receiver answers a delivery with a
+  MedCom Acknowledgement, in the POST's response or later in a POST of its own. The bridge records it
+  against the delivery it acknowledges and forwards it, unchanged, to the system that sent the
+  original message - when that system speaks FHIR. A system that speaks municipal-v1 has no use for
+  a MedCom receipt; it follows its message's state through ``GET /messages/{id}``.
+- **Receipts on a receiver's behalf** (``queue_receipt``): a receiver that speaks municipal-v1 sends
+  no MedCom receipts, so the bridge builds one for the original sender from the original message:
+  ``ok`` when the receiver took it, ``fatal-error`` when it refused it, ``transient-error`` when the
+  retry policy (or the resend policy) was exhausted. A FHIR receiver that refuses a message with a 4xx
+  never acknowledges it either, so its ``fatal-error`` is produced the same way; likewise a FHIR
+  receiver the bridge gave up on gets a ``transient-error`` (otherwise the sender waits forever).
+- **Resends** (``resend_envelope``): MedCom resends a message whose receipt did not come with a new
+  envelope - new Bundle.id and new timestamps (MR7.R: Bundle.timestamp and the message's own
+  Provenance) - and the SAME MessageHeader.id, by which the receiver recognises the duplicate.
+
+Every receipt is a message in the outbox like any other (one delivery, retried and traced the same
+way). Its Bundle.id and MessageHeader.id derive from the acknowledged MessageHeader.id, the receiver
+and the code, so the same event never queues a second receipt: the store reports it as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from bridge import audit
+from bridge.clock import Clock
+from bridge.errors import InvalidInput
+from bridge.fhir.outcome import Issue
+from bridge.fhir.parse import parse_fhir, sniff_format, to_xml
+from bridge.medcom.acknowledgement import (
+    EVENT as ACKNOWLEDGEMENT_EVENT,
+)
+from bridge.medcom.acknowledgement import (
+    AckCode,
+    Receipt,
+    build_acknowledgement,
+    medcom_issue,
+    parse_acknowledgement,
+)
+from bridge.medcom.common import derived_id, event_code, fhir_datetime, read_message, read_provenances
+from bridge.outbox.port import (
+    AcceptResult,
+    MessageRecord,
+    NewDelivery,
+    NewMessage,
+    NewReceipt,
+    OutboxStore,
+    ReceiptMatch,
+)
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge.delivery.receipts")
+
+FHIR_JSON = "application/fhir+json"
+#: The ``kind`` of receipt messages in the outbox (the ingress classifies Acknowledgements the same way).
+ACKNOWLEDGEMENT_KIND = "acknowledgement"
+
+HandlingStatus = Literal["forwarded", "recorded", "duplicate", "unmatched"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptHandling:
+    """What became of a received Acknowledgement.
+
+    ``status``: ``forwarded`` - recorded and queued to the original sender; ``recorded`` - recorded,
+    not forwarded (the sender speaks municipal-v1); ``duplicate`` - this Acknowledgement (its
+    MessageHeader.id) was seen before and is ignored; ``unmatched`` - it acknowledges no message the
+    bridge delivered to ``from_system``.
+    """
+
+    status: HandlingStatus
+    receipt: Receipt
+    match: ReceiptMatch | None = None
+    forwarded: AcceptResult | None = None
+
+
+def handle_acknowledgement(
+    settings: Settings, store: OutboxStore, clock: Clock, ack: dict[str, Any], *, from_system: str
+) -> ReceiptHandling:
+    """Record a MedCom Acknowledgement received from ``from_system`` and forward it to the original sender.
+
+    Raises ``InvalidMessage`` (with an Outcome naming each problem) when ``ack`` is no readable
+    Acknowledgement.
+    """
+    receipt = parse_acknowledgement(ack)
+    now = clock.now()
+    match = store.record_receipt(
+        NewReceipt(
+            ack_header_id=receipt.header_id,
+            acknowledged_header_id=receipt.acknowledged_id,
+            from_system=from_system,
+            code=receipt.code,
+            received_at=now,
+        )
+    )
+    if match is None:
+        log.info("receipt %s from %s matches no delivery", receipt.header_id, from_system)
+        return ReceiptHandling("unmatched", receipt)
+    if match.duplicate:
+        log.info("receipt %s from %s seen before; ignored", receipt.header_id, from_system)
+        return ReceiptHandling("duplicate", receipt, match)
+    original = _message(store, match.message_id)
+    if original is None or not _speaks_fhir(settings, original.sender):
+        return ReceiptHandling("recorded", receipt, match)
+    message = NewMessage(
+        bundle_id=receipt.bundle_id,
+        header_id=receipt.header_id,
+        sender=from_system,
+        kind=ACKNOWLEDGEMENT_KIND,
+        citizen_key=None,
+        payload=orjson.dumps(ack),
+        content_type=FHIR_JSON,
+        received_at=now,
+    )
+    result = _queue(store, message, original.sender, from_system, now)
+    log.info(
+        "receipt %s (%s) for message %s forwarded to %s",
+        receipt.header_id,
+        receipt.code,
+        original.id,
+        original.sender,
+    )
+    return ReceiptHandling("forwarded", receipt, match, result)
+
+
+def receipt_ids(acknowledged_header_id: str, receiver: str, code: AckCode) -> tuple[str, str]:
+    """(Bundle.id, MessageHeader.id) of the receipt the bridge produces for one event; stable."""
+    header_id = derived_id(acknowledged_header_id, "on-behalf-receipt", receiver, code)
+    return derived_id(header_id, "Bundle"), header_id
+
+
+def receipt_issues(code: AckCode, reason: str) -> list[Issue]:
+    """The OperationOutcome issues of a receipt the bridge produces (``reason`` holds no PHI)."""
+    if code == "ok":
+        return []
+    if code == "transient-error":
+        return [
+            medcom_issue(
+                "MSG_Mailbox_Out_Of_Operation",
+                f"the receiving system did not take the message; the bridge gave up ({reason})",
+            )
+        ]
+    return [Issue("error", "processing", f"the receiving system refused the message ({reason})")]
+
+
+def queue_receipt(
+    settings: Settings,
+    store: OutboxStore,
+    clock: Clock,
+    *,
+    message_id: str,
+    receiver: str,
+    code: AckCode,
+    reason: str = "",
+) -> AcceptResult | None:
+    """Queue the receipt ``receiver`` would have sent for message ``message_id``, on its behalf.
+
+    Returns None when no receipt is due: the sender speaks municipal-v1, the message is no MedCom
+    message (or is itself an Acknowledgement, KR2.R), or its payload was purged. Queuing the same
+    event twice stores it once (the second result is a duplicate).
+    """
+    original = _message(store, message_id)
+    if original is None or original.kind == ACKNOWLEDGEMENT_KIND:
+        return None
+    if not _speaks_fhir(settings, original.sender):
+        return None
+    payload = store.message_payload(message_id)
+    if payload is None:
+        log.warning("message %s has no payload left; no receipt on behalf of %s", message_id, receiver)
+        return None
+    try:
+        bundle = parse_fhir(payload, sniff_format(payload, original.content_type))
+    except InvalidInput:
+        return None
+    if not isinstance(bundle, dict) or event_code(bundle) in (None, ACKNOWLEDGEMENT_EVENT):
+        return None
+    now = clock.now()
+    bundle_id, header_id = receipt_ids(original.header_id, receiver, code)
+    stamp = now.astimezone(UTC).replace(microsecond=0)
+    try:
+        ack = build_acknowledgement(
+            bundle,
+            code,
+            issues=receipt_issues(code, reason or code),
+            bundle_id=bundle_id,
+            header_id=header_id,
+            provenance_id=derived_id(header_id, "Provenance"),
+            now=lambda: stamp,
+        )
+    except InvalidInput:
+        log.warning("message %s cannot be acknowledged on behalf of %s", message_id, receiver)
+        return None
+    message = NewMessage(
+        bundle_id=bundle_id,
+        header_id=header_id,
+        sender=receiver,
+        kind=ACKNOWLEDGEMENT_KIND,
+        citizen_key=None,
+        payload=orjson.dumps(ack),
+        content_type=FHIR_JSON,
+        received_at=now,
+    )
+    result = _queue(store, message, original.sender, receiver, now)
+    if result.accepted:
+        log.info(
+            "receipt %s (%s) for message %s queued on behalf of %s", header_id, code, message_id, receiver
+        )
+    return result
+
+
+def resend_envelope(
+    payload: bytes, content_type: str, now: datetime, new_id: Callable[[], str] | None = None
+) -> bytes:
+    """The same MedCom message in a new envelope: new Bundle.id and timestamps, same MessageHeader.id.
+
+    The message's own Provenance (the one whose target is the MessageHeader) gets the new time as
+    ``recorded``; ``occurredDateTime`` stays, it is when the event happened. The format (JSON or XML)
+    is kept. Raises ``InvalidInput`` when the payload is no MedCom message.
+    """
+    fmt = sniff_format(payload, content_type)
+    bundle = parse_fhir(payload, fmt, max_bytes=max(len(payload), 1))
+    view = read_message(bundle)
+    current, _ = read_provenances(view)
+    stamp = fhir_datetime(now.astimezone(UTC).replace(microsecond=0))
+    bundle["id"] = (new_id or _uuid)()
+    bundle["timestamp"] = stamp
+    if current is not None:
+        current.located.resource["recorded"] = stamp
+    return to_xml(bundle) if fmt == "xml" else orjson.dumps(bundle)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _message(store: OutboxStore, message_id: str) -> MessageRecord | None:
+    trace = store.message_trace(message_id)
+    return None if trace is None else trace.message
+
+
+def _speaks_fhir(settings: Settings, system_id: str) -> bool:
+    system = settings.system(system_id)
+    return system is not None and system.format == "fhir"
+
+
+def _queue(store: OutboxStore, message: NewMessage, to: str, actor: str, now: datetime) -> AcceptResult:
+    record = audit.accepted(
+        recorded=now,
+        actor=actor,
+        kind=message.kind,
+        message_id=message.id,
+        header_id=message.header_id,
+        citizen_key=None,
+        destinations=(to,),
+    )
+    delivery = NewDelivery(destination=to, payload=message.payload, content_type=FHIR_JSON)
+    return store.accept(message, [delivery], record)
+
+
+__all__ = [
+    "ACKNOWLEDGEMENT_KIND",
+    "ReceiptHandling",
+    "handle_acknowledgement",
+    "queue_receipt",
+    "receipt_ids",
+    "receipt_issues",
+    "resend_envelope",
+]
