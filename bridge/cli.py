@@ -170,6 +170,76 @@ def mappings_check(
     sys.stdout.write(f"ok: {len(ms.files)} specs, {maps} maps, {len(ms.conceptmaps)} ConceptMaps\n")
 
 
+config_app = typer.Typer(help="Work with the bridge configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+class Role(StrEnum):
+    all = "all"
+    api = "api"
+    worker = "worker"
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[Path, typer.Argument(help="The configuration file (YAML)")],
+) -> None:
+    """Validate a configuration: print each problem with its path; exit 1 when it is invalid."""
+    from bridge.settings import check_settings_file
+
+    settings, outcome = check_settings_file(path)
+    for issue in outcome.issues:
+        where = issue.expression[0] if issue.expression else "(file)"
+        sys.stdout.write(f"{issue.severity}: {where}: {issue.diagnostics}\n")
+    if settings is None:
+        sys.stderr.write(f"fhir-bridge: {path}: {len(outcome.errors)} problem(s)\n")
+        raise typer.Exit(EXIT_INVALID)
+    sys.stdout.write(f"ok: {path}: {len(settings.systems)} systems, {len(settings.routing)} routing rules\n")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="The configuration file (YAML)")],
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (overrides listen.host)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Listen port (overrides listen.port)")] = None,
+    role: Annotated[
+        Role, typer.Option("--role", help="all: API and dispatcher; api or worker: one half alone")
+    ] = Role.all,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+) -> None:
+    """Run the bridge service (API and dispatcher) until SIGTERM or SIGINT, then stop gracefully.
+
+    A worker (--role worker) serves only /healthz and /readyz over HTTP.
+    """
+    import uvicorn
+
+    from bridge.app import create_app
+    from bridge.clock import SystemClock
+    from bridge.outbox import open_store
+    from bridge.settings import check_settings_file
+
+    settings, outcome = check_settings_file(config)
+    if settings is None:
+        _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+    store = open_store(settings.store.url)
+    try:
+        web = create_app(settings, store, SystemClock(), role=role.value)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                web,
+                host=host or settings.listen.host,
+                port=port if port is not None else settings.listen.port,
+                log_level=log_level,
+                access_log=False,  # request lines carry no PHI, but the audit trail is the record
+                timeout_graceful_shutdown=int(settings.dispatcher.shutdown_grace.total_seconds()) or 1,
+                server_header=False,
+            )
+        )
+        server.run()  # handles SIGTERM and SIGINT: stop accepting, finish requests, run the lifespan exit
+    finally:
+        store.close()
+
+
 def main() -> None:
     """Console entry point: run the app; turn any escaped error into one line and an exit code."""
     try:

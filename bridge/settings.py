@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -38,11 +38,16 @@ from pydantic import (
     field_validator,
 )
 
-from bridge.delivery.policy import RetryPolicy, policy_problems
 from bridge.errors import InvalidInput
 from bridge.fhir.identifiers import check_gln, check_sor
 from bridge.fhir.outcome import Issue, IssueCode, Outcome, error, warning
 from bridge.outbox.keys import MIN_SECRET_BYTES
+
+if TYPE_CHECKING:
+    from bridge.delivery.policy import RetryPolicy
+
+# bridge.delivery.policy is imported where it is used: importing the bridge.delivery package loads
+# the dispatcher, which needs these settings - a cycle when this module is imported first.
 
 #: Message kinds a routing rule can match (the ingress classifies each message as one of these).
 MESSAGE_KINDS = (
@@ -255,6 +260,13 @@ class System(_Model):
         return url
 
 
+class Operator(_Model):
+    """A person or tool allowed to use the operator endpoints (message traces, dead letters, replay)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class RuleMatch(_Model):
     """What a routing rule applies to; a field left out matches anything."""
 
@@ -292,6 +304,7 @@ class Settings(_Model):
     limits: Limits = Limits()
     systems: list[System] = Field(min_length=1)
     routing: list[RoutingRule] = []
+    operators: list[Operator] = []
 
     def system(self, system_id: str) -> System | None:
         """The system with ``system_id``."""
@@ -308,6 +321,15 @@ class Settings(_Model):
                     found = system
         return found
 
+    def operator_for_token(self, token: str) -> Operator | None:
+        """The operator a presented bearer token belongs to, compared in constant time per entry."""
+        digest = hash_token(token)
+        found: Operator | None = None
+        for operator in self.operators:
+            if hmac.compare_digest(operator.sha256, digest):
+                found = operator
+        return found
+
     def owner_of(self, *, sor: str | None = None, gln: str | None = None) -> System | None:
         """The system that owns the organisation with this SOR code or GLN."""
         for system in self.systems:
@@ -318,6 +340,8 @@ class Settings(_Model):
 
     def retry_policy(self, system_id: str | None = None) -> RetryPolicy:
         """The effective retry policy of a system: its own fields over the global ones."""
+        from bridge.delivery.policy import RetryPolicy
+
         values = self.retry.model_dump()
         system = None if system_id is None else self.system(system_id)
         if system is not None and system.retry is not None:
@@ -432,6 +456,8 @@ def _cross_check(settings: Settings) -> list[Issue]:
     from urllib.parse import urlsplit
 
     issues: list[Issue] = []
+    from bridge.delivery.policy import policy_problems
+
     global_problems = policy_problems(**settings.retry.model_dump())
     issues.extend(error(why, f"retry.{field}") for field, why in global_problems)
     ids: dict[str, int] = {}

@@ -1,0 +1,119 @@
+"""Dry runs for integrators: translate or validate a document and see the result; nothing is stored
+or routed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from bridge.api.deps import SystemCaller, read_body, settings_of
+from bridge.api.errors import error_responses
+from bridge.errors import InvalidInput
+from bridge.fhir.outcome import Outcome
+from bridge.ingress import FHIR_JSON, FHIR_XML, answer_format, render, request_format
+from bridge.settings import Settings
+
+router = APIRouter(tags=["Dry runs"])
+
+#: Response header with the number of elements the municipal form could not keep.
+WARNINGS_HEADER = "X-Translation-Warnings"
+
+
+class Target(StrEnum):
+    fhir = "fhir"
+    municipal = "municipal"
+
+
+def translate(
+    settings: Settings, body: bytes, content_type: str | None, accept: str | None, to: Target
+) -> tuple[bytes, str, Outcome]:
+    """Translate municipal JSON to FHIR (``to=fhir``) or FHIR JSON/XML to municipal JSON."""
+    from bridge.fhir.parse import parse_fhir, parse_json
+    from bridge.translate import fhir_to_municipal, municipal_to_fhir
+
+    limits = settings.limits
+    if to is Target.fhir:
+        data = parse_json(body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+        if not isinstance(data, dict):
+            from bridge.fhir.outcome import Issue
+
+            raise InvalidInput(Outcome([Issue("error", "structure", "The body must be a JSON object")]))
+        resource = municipal_to_fhir(data)
+        out, media = render(resource, answer_format(accept, "json"))
+        return out, media, Outcome()
+    fmt = request_format(content_type, body)
+    resource = parse_fhir(body, fmt, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+    result, outcome = fhir_to_municipal(resource)
+    return result.model_dump_json(exclude_none=True).encode("utf-8"), "application/json", outcome
+
+
+def validate(
+    settings: Settings, body: bytes, content_type: str | None, accept: str | None
+) -> tuple[bytes, str]:
+    """Validate FHIR JSON/XML (a MedCom message gets the full MedCom validation)."""
+    from bridge.fhir.parse import parse_fhir
+    from bridge.validation import validate_parsed
+
+    limits = settings.limits
+    fmt = request_format(content_type, body)
+    resource = parse_fhir(body, fmt, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+    outcome: dict[str, Any] = validate_parsed(resource).to_fhir()
+    return render(outcome, answer_format(accept, fmt))
+
+
+@router.post(
+    "/translate",
+    summary="Translate without sending",
+    description="`to=fhir`: municipal JSON (care record, hospital stay event or correspondence) to FHIR; "
+    "`to=municipal`: FHIR (JSON or XML) to its municipal form. Elements the municipal form cannot keep "
+    f"are counted in the `{WARNINGS_HEADER}` header (list them with `POST /validate` or the CLI).",
+    responses={
+        200: {
+            "description": "The translation",
+            "content": {FHIR_JSON: {}, FHIR_XML: {}, "application/json": {}},
+        },
+        **error_responses(400, 401, 413, 415),
+    },
+)
+async def post_translate(
+    request: Request,
+    caller: SystemCaller,
+    to: Annotated[Target, Query(description="Translate to fhir or to municipal")] = Target.fhir,
+) -> Response:
+    settings = settings_of(request)
+    body = await read_body(request, settings.limits.max_body_bytes)
+    out, media, outcome = await anyio.to_thread.run_sync(
+        translate, settings, body, request.headers.get("content-type"), request.headers.get("accept"), to
+    )
+    headers = {WARNINGS_HEADER: str(len(outcome.issues))} if outcome.issues else None
+    return Response(out, media_type=media, headers=headers)
+
+
+@router.post(
+    "/validate",
+    summary="Validate without sending",
+    description="Validates FHIR JSON or XML: a MedCom message against the MedCom profiles and rules, any "
+    "other resource structurally (and KL Gateway Bundles against their constraints). 200 with an "
+    "OperationOutcome listing every problem; 400 only when the body cannot be parsed.",
+    responses={
+        200: {
+            "description": "OperationOutcome",
+            "content": {
+                FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}},
+                FHIR_XML: {},
+            },
+        },
+        **error_responses(400, 401, 413, 415),
+    },
+)
+async def post_validate(request: Request, caller: SystemCaller) -> Response:
+    settings = settings_of(request)
+    body = await read_body(request, settings.limits.max_body_bytes)
+    out, media = await anyio.to_thread.run_sync(
+        validate, settings, body, request.headers.get("content-type"), request.headers.get("accept")
+    )
+    return Response(out, media_type=media)

@@ -1,0 +1,143 @@
+"""The bridge service: the FastAPI app and, in the same process, the dispatcher.
+
+``create_app(settings, store, clock, role=...)``:
+
+- ``all`` (default): the API and the dispatcher;
+- ``api``: the API alone (run dispatchers elsewhere on the same store);
+- ``worker``: the dispatcher alone; the app then serves only ``/healthz`` and ``/readyz``, so an
+  orchestrator can probe a worker like any other process.
+
+The dispatcher starts in the app's lifespan and stops there (gracefully: in-flight deliveries finish
+or are released). After start-up ``gc.freeze()`` moves everything loaded so far (models, profiles,
+compiled mappings) out of the garbage collector's generations: those objects live for the whole
+process, and scanning them on every collection costs accept latency for nothing.
+
+The store is the caller's: the app never opens or closes it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import httpx
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from bridge import __version__
+from bridge.api import dryrun, errors, fhir, health, municipal, ops
+from bridge.clock import Clock
+from bridge.ingress import Ingress
+from bridge.outbox.port import OutboxStore
+from bridge.settings import Settings
+
+Role = Literal["all", "api", "worker"]
+ROLES: tuple[Role, ...] = ("all", "api", "worker")
+
+log = logging.getLogger("bridge.app")
+
+DESCRIPTION = """\
+Cross-sector health data exchange bridge for Denmark. Hospital EHRs send MedCom FHIR messages to
+`POST /fhir/$process-message`; municipal care systems send care records and correspondence to
+`/municipal/...`. A 2xx means the message is durably stored with one delivery per receiver; the bridge
+delivers each with retries until it is acknowledged, or parks it as a dead letter for an operator.
+
+Every error is a FHIR OperationOutcome naming each problem with its location.
+"""
+
+
+def _new_dispatcher(
+    settings: Settings,
+    store: OutboxStore,
+    clock: Clock,
+    transport: httpx.BaseTransport | None,
+    rng: random.Random | None,
+) -> Any:
+    """A dispatcher, or None when this build has no dispatcher module."""
+    try:
+        from bridge.delivery.dispatcher import Dispatcher
+    except ImportError:
+        log.warning("no dispatcher in this build: messages are accepted but not delivered")
+        return None
+    worker_id = f"{socket.gethostname()}:{id(store):x}"
+    return Dispatcher(settings, store, clock, worker_id=worker_id, transport=transport, rng=rng)
+
+
+def create_app(
+    settings: Settings,
+    store: OutboxStore,
+    clock: Clock,
+    *,
+    role: Role = "all",
+    transport: httpx.BaseTransport | None = None,
+    rng: random.Random | None = None,
+    ingress: Ingress | None = None,
+) -> FastAPI:
+    """The bridge's ASGI app for ``role``; ``transport``/``rng`` go to the dispatcher (tests inject them),
+    ``ingress`` replaces the accept pipeline (tests wrap the store)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = None
+        if role in ("all", "worker"):
+            dispatcher = _new_dispatcher(settings, store, clock, transport, rng)
+            if dispatcher is not None:
+                dispatcher.start()
+        app.state.dispatcher = dispatcher
+        gc.freeze()
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop(timeout=settings.dispatcher.shutdown_grace.total_seconds())
+
+    app = FastAPI(
+        title="fhir-bridge",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if role != "worker" else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if role != "worker" else None,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.clock = clock
+    app.state.role = role
+    app.state.started_at = clock.now()
+    app.state.ingress = ingress or Ingress(settings, store, clock)
+    errors.install(app)
+    app.include_router(health.router)
+    if role != "worker":
+        # The translation machinery loads at first use; load it now, before gc.freeze() and the
+        # first request, so no sender waits for it.
+        from bridge.medcom.validation import validate_message  # noqa: F401
+
+        for router in (fhir.router, municipal.router, ops.router, dryrun.router):
+            app.include_router(router)
+        _publish_outcome_schema(app)
+    return app
+
+
+def _publish_outcome_schema(app: FastAPI) -> None:
+    """Add the OperationOutcome schema every error response refers to."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["OperationOutcome"] = (
+                errors.OPERATION_OUTCOME_SCHEMA
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,546 @@
+"""The accept pipeline: from a request body to a committed message, or a precise refusal.
+
+    parse -> validate -> authorise sender -> duplicate lookup -> route -> translate per destination
+          -> NewMessage + NewDelivery per destination + AuditRecord -> store.accept (ONE transaction)
+
+Everything up to ``store.accept`` is pure apart from two reads (the duplicate lookup and, for a
+HospitalNotification or a rule-routed record, the citizen's admission). The answer to the sender is
+built before the commit and stored with the message, so that a duplicate is answered with exactly
+the same bytes (MedCom reliable messaging: "the original response SHALL be resent").
+
+What the synchronous answer is: the bridge is a message handler between the sender and the real
+receiver, so its 200 means "durably accepted and routed", not "received by the receiver". It is an
+OperationOutcome (information) naming the bridge's message id and the receiving systems. The MedCom
+Acknowledgement comes later and asynchronously - forwarded from a FHIR receiver, or made by the bridge
+on behalf of a receiver that speaks municipal JSON. Answering with an Acknowledgement here would
+acknowledge twice, and MedCom forbids a positive acknowledgement followed by a negative one.
+
+Errors are raised as ``InvalidInput`` subclasses carrying an Outcome; ``bridge.api.errors`` turns
+each into an OperationOutcome with its HTTP status. CPR numbers never appear in a diagnostic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from bridge import audit
+from bridge.auth import require_owner
+from bridge.clock import Clock
+from bridge.errors import InvalidInput, InvalidMessage
+from bridge.fhir import identifiers as ids
+from bridge.fhir.outcome import Issue, Outcome
+from bridge.fhir.parse import parse_fhir, to_xml
+from bridge.medcom.duplicates import Seen, decide_duplicate
+from bridge.municipal.events import HospitalStayEvent
+from bridge.outbox.keys import citizen_key
+from bridge.outbox.port import (
+    AcceptResult,
+    Duplicate,
+    MessageRecord,
+    NewDelivery,
+    NewMessage,
+    OutboxStore,
+    StoreUnavailable,
+)
+from bridge.routing import (
+    Receiver,
+    admission_from_event,
+    explicit_receivers,
+    medcom_receivers,
+    rule_receivers,
+    sender_party,
+)
+from bridge.settings import Settings, System
+
+Format = Literal["json", "xml"]
+
+FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
+MUNICIPAL_JSON = "application/json"
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+_XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir"}
+#: Kind strings stored with each message (stable: filters and metrics use them).
+KIND_HOSPITAL_NOTIFICATION = "hospital-notification"
+KIND_CARE_COMMUNICATION = "care-communication"
+KIND_ACKNOWLEDGEMENT = "acknowledgement"
+KIND_MUNICIPAL_RECORD = "municipal-record"
+KIND_CORRESPONDENCE = "correspondence"
+#: Ids of municipal records are derived from (sender, record id, version) in this namespace.
+_RECORD_NAMESPACE = uuid.UUID("0b0f1c57-8d3e-5a41-9c62-3f7e2d9a4b10")
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The body is neither FHIR JSON nor FHIR XML (HTTP 415)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The body exceeds ``limits.max_body_bytes`` (HTTP 413)."""
+
+
+class Conflict(InvalidInput):
+    """The ids of the message clash with a different stored message (HTTP 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the API sends back: status, body bytes and their media type."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+# ------------------------------------------------------------------------------------------ pure steps
+def request_format(content_type: str | None, body: bytes) -> Format:
+    """``json`` or ``xml`` from the Content-Type; without one, from the first byte of the body.
+
+    Raises ``UnsupportedMediaType`` for any other declared media type.
+    """
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media in _JSON_TYPES:
+            return "json"
+        if media in _XML_TYPES:
+            return "xml"
+        raise UnsupportedMediaType(
+            Outcome(
+                [
+                    Issue(
+                        "error",
+                        "not-supported",
+                        f"Unsupported media type {media[:80]!r}: send {FHIR_JSON} or {FHIR_XML}",
+                    )
+                ]
+            )
+        )
+    head = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    return "xml" if head == b"<" else "json"
+
+
+def answer_format(accept: str | None, request: Format) -> Format:
+    """The format to answer in: what Accept asks for (FHIR JSON or XML), else the request's format."""
+    if accept:
+        for part in accept.split(","):
+            media = part.split(";", 1)[0].strip().lower()
+            if media in _XML_TYPES:
+                return "xml"
+            if media in _JSON_TYPES:
+                return "json"
+    return request
+
+
+def render(resource: dict[str, Any], fmt: Format) -> tuple[bytes, str]:
+    """A FHIR resource as body bytes and media type in ``fmt``."""
+    if fmt == "xml":
+        return to_xml(resource), FHIR_XML
+    return orjson.dumps(resource), FHIR_JSON
+
+
+def check_size(declared: int | None, limit: int) -> None:
+    """Raise ``PayloadTooLarge`` when a declared or read body size exceeds ``limit``."""
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(
+            Outcome([Issue("error", "too-long", f"The body is larger than the limit of {limit} bytes")])
+        )
+
+
+def validated_message(body: bytes, fmt: Format, settings: Settings) -> tuple[dict[str, Any], str]:
+    """Parse and validate a MedCom message; return the Bundle and its kind.
+
+    Raises ``InvalidMessage`` with the validator's Outcome (every problem with its location).
+    """
+    from bridge.medcom.validation import recognise, validate_message
+
+    limits = settings.limits
+    try:
+        bundle = parse_fhir(body, fmt, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+    except InvalidInput as exc:
+        raise InvalidMessage(exc.outcome) from exc
+    kind = recognise(bundle) if bundle.get("type") == "message" else None
+    if kind is None:
+        raise InvalidMessage(
+            Outcome(
+                [
+                    Issue(
+                        "error",
+                        "not-supported",
+                        "Not a MedCom message: $process-message takes a HospitalNotification, "
+                        "CareCommunication or Acknowledgement Bundle",
+                        ("Bundle",),
+                    )
+                ]
+            )
+        )
+    outcome = validate_message(bundle)
+    if outcome.has_errors:
+        raise InvalidMessage(Outcome(outcome.errors))
+    return bundle, kind
+
+
+def authorise_sender(system: System, bundle: dict[str, Any]) -> None:
+    """Raise ``Forbidden`` unless ``system`` owns the organisation in MessageHeader.sender."""
+    sor, gln = sender_party(bundle)
+    require_owner(system, sor=sor, gln=gln, where="Bundle.entry[0].resource.sender")
+
+
+def patient_number(bundle: dict[str, Any]) -> str | None:
+    """The CPR or X-eCPR number of the message's (first) Patient, or None."""
+    for e in bundle.get("entry") or []:
+        res = e.get("resource") if isinstance(e, dict) else None
+        if isinstance(res, dict) and res.get("resourceType") == "Patient":
+            for identifier in res.get("identifier") or []:
+                if isinstance(identifier, dict) and identifier.get("system") in (
+                    ids.CPR_SYSTEM,
+                    ids.XECPR_SYSTEM,
+                ):
+                    value = identifier.get("value")
+                    return value if isinstance(value, str) and value else None
+    return None
+
+
+def duplicate_reply(found: Duplicate, caller: System, bundle_id: str, header_id: str) -> Reply:
+    """The answer to a message whose ids were seen before (MedCom 043, ``decide_duplicate``)."""
+    if found.message.sender != caller.id:
+        raise Conflict(
+            Outcome(
+                [
+                    Issue(
+                        "error",
+                        "duplicate",
+                        "These message ids were already used by another system",
+                        ("Bundle.id",),
+                    )
+                ]
+            )
+        )
+    seen = Seen(
+        header_seen=found.kind in ("same", "header-reused"),
+        bundle_header_id=found.message.header_id if found.kind in ("same", "bundle-reused") else None,
+    )
+    decision = decide_duplicate(seen, bundle_id, header_id)
+    if decision.action == "reject":
+        assert decision.issue is not None
+        raise Conflict(Outcome([decision.issue]))
+    return stored_reply(found.message)
+
+
+def stored_reply(message: MessageRecord) -> Reply:
+    """The answer first given for ``message``, byte for byte."""
+    body = message.response
+    xml = body.lstrip()[:1] == b"<"
+    return Reply(200, body, FHIR_XML if xml else FHIR_JSON)
+
+
+def accepted_outcome(message_id: str, header_id: str, receivers: Sequence[Receiver]) -> dict[str, Any]:
+    """The synchronous answer to an accepted message (no PHI: ids and system ids only)."""
+    names = ", ".join(r.system.id for r in receivers)
+    return {
+        "resourceType": "OperationOutcome",
+        "id": message_id,
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": f"Accepted message {header_id} for delivery to {names}",
+            }
+        ],
+    }
+
+
+def _json_dump(model: Any) -> bytes:
+    return str(model.model_dump_json(exclude_none=True)).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+@dataclass
+class Ingress:
+    """The accept pipeline bound to one deployment's settings, store and clock."""
+
+    settings: Settings
+    store: OutboxStore
+    clock: Clock
+
+    def __post_init__(self) -> None:
+        self._secret = self.settings.store.citizen_key_secret.get_secret_value().encode("utf-8")
+
+    def citizen_key(self, number: str | None) -> str | None:
+        """The keyed hash the store orders and routes by (None without a number)."""
+        return None if not number else citizen_key(number, self._secret)
+
+    # -- MedCom messages ---------------------------------------------------------------------------
+    def process_message(
+        self, caller: System, body: bytes, content_type: str | None, accept: str | None = None
+    ) -> Reply:
+        """Accept a MedCom message POSTed to ``$process-message`` (JSON or XML)."""
+        fmt = request_format(content_type, body)
+        check_size(len(body), self.settings.limits.max_body_bytes)
+        bundle, kind = validated_message(body, fmt, self.settings)
+        authorise_sender(caller, bundle)
+        bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
+        found = self.store.find_by_ids(bundle_id, header_id)
+        if found is not None:
+            return duplicate_reply(found, caller, bundle_id, header_id)
+        if kind == KIND_ACKNOWLEDGEMENT:
+            handled = self._acknowledgement(caller, bundle)
+            if handled is not None:
+                return handled
+        receivers = medcom_receivers(self.settings, bundle)
+        number = patient_number(bundle)
+        key = self.citizen_key(number)
+        event: HospitalStayEvent | None = None
+        if kind == KIND_HOSPITAL_NOTIFICATION:
+            event = self._event(bundle, key)
+        wire = body if fmt == "json" else orjson.dumps(bundle)
+        deliveries = [self._medcom_delivery(r.system, kind, bundle, wire, event) for r in receivers]
+        message_id = str(uuid.uuid4())
+        response, _ = render(accepted_outcome(message_id, header_id, receivers), answer_format(accept, fmt))
+        result = self._accept(
+            NewMessage(
+                bundle_id=bundle_id,
+                header_id=header_id,
+                sender=caller.id,
+                kind=kind,
+                citizen_key=key,
+                payload=body,
+                content_type=FHIR_XML if fmt == "xml" else FHIR_JSON,
+                received_at=self.clock.now(),
+                response=response,
+                id=message_id,
+            ),
+            deliveries,
+            receivers,
+        )
+        if not result.accepted:
+            return duplicate_reply(
+                Duplicate(result.duplicate or "same", result.message), caller, bundle_id, header_id
+            )
+        if event is not None and key is not None:
+            # After the commit: a lost update only delays routing of later records, it loses nothing.
+            self.store.set_admission(admission_from_event(event, hospital=caller.id, citizen_key=key))
+        return Reply(200, response, FHIR_XML if response[:1] == b"<" else FHIR_JSON)
+
+    def _event(self, bundle: dict[str, Any], key: str | None) -> HospitalStayEvent:
+        from bridge.medcom.hospital_notification import to_event
+
+        previous = self.store.current_admission(key) if key is not None else None
+        return to_event(bundle, previously_deceased=previous is not None and previous.status == "deceased")
+
+    def _medcom_delivery(
+        self,
+        system: System,
+        kind: str,
+        bundle: dict[str, Any],
+        wire: bytes,
+        event: HospitalStayEvent | None,
+    ) -> NewDelivery:
+        if system.format == "fhir":
+            # A FHIR receiver answers a MedCom message (not an Acknowledgement) with an Acknowledgement.
+            return NewDelivery(system.id, wire, FHIR_JSON, expect_receipt=kind != KIND_ACKNOWLEDGEMENT)
+        if kind == KIND_HOSPITAL_NOTIFICATION and event is not None:
+            return NewDelivery(system.id, _json_dump(event), MUNICIPAL_JSON)
+        if kind == KIND_CARE_COMMUNICATION:
+            from bridge.medcom.care_communication import to_correspondence
+
+            return NewDelivery(system.id, _json_dump(to_correspondence(bundle)), MUNICIPAL_JSON)
+        raise InvalidMessage(
+            Outcome(
+                [
+                    Issue(
+                        "error",
+                        "not-supported",
+                        f"System {system.id!r} speaks {system.format}, which has no form for a {kind}",
+                        ("Bundle.entry[0].resource.eventCoding",),
+                    )
+                ]
+            )
+        )
+
+    def _acknowledgement(self, caller: System, bundle: dict[str, Any]) -> Reply | None:
+        """Hand a received Acknowledgement to the receipt handling; None when it is not available."""
+        try:
+            from bridge.delivery.receipts import handle_acknowledgement
+        except ImportError:
+            return None
+        handle_acknowledgement(self.settings, self.store, self.clock, bundle, from_system=caller.id)
+        header_id = str(bundle["entry"][0]["resource"]["id"])
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"Acknowledgement {header_id} received",
+                }
+            ],
+        }
+        return Reply(200, orjson.dumps(outcome), FHIR_JSON)
+
+    def _accept(
+        self, message: NewMessage, deliveries: list[NewDelivery], receivers: Sequence[Receiver]
+    ) -> AcceptResult:
+        record = audit.accepted(
+            recorded=message.received_at,
+            actor=message.sender,
+            kind=message.kind,
+            message_id=message.id,
+            header_id=message.header_id,
+            citizen_key=message.citizen_key,
+            destinations=[r.system.id for r in receivers],
+        )
+        return self.store.accept(message, deliveries, record)
+
+    # -- municipal posts ------------------------------------------------------------------------------
+    def municipal_record(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
+        """Accept a municipal care record (municipal-v1 JSON): translate now, route, store."""
+        from bridge.translate import parse_record, record_to_fhir
+
+        check_size(len(body), self.settings.limits.max_body_bytes)
+        data = self._json_object(body)
+        record = parse_record(data)
+        key = self.citizen_key(record.citizen.cpr)
+        meta = record.metadata
+        header_id = str(uuid.uuid5(_RECORD_NAMESPACE, f"{caller.id}\x00{meta.record_id}\x00{meta.version}"))
+        found = self.store.find_by_ids(header_id, header_id)
+        if found is not None:
+            return duplicate_reply(found, caller, header_id, header_id)
+        if receivers:
+            resolved = explicit_receivers(self.settings, receivers)
+        else:
+            admission = self.store.current_admission(key) if key is not None else None
+            resolved = rule_receivers(
+                self.settings, sender=caller.id, kind=KIND_MUNICIPAL_RECORD, admission=admission
+            )
+        fhir_bundle: bytes | None = None
+        deliveries = []
+        for r in resolved:
+            if r.system.format == "fhir":
+                if fhir_bundle is None:
+                    fhir_bundle = orjson.dumps(record_to_fhir(record))
+                deliveries.append(NewDelivery(r.system.id, fhir_bundle, FHIR_JSON))
+            else:
+                deliveries.append(NewDelivery(r.system.id, body, MUNICIPAL_JSON))
+        return self._accept_municipal(
+            caller, KIND_MUNICIPAL_RECORD, header_id, header_id, key, body, deliveries, resolved
+        )
+
+    def municipal_correspondence(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
+        """Accept a correspondence (correspondence-v1 JSON): it becomes a CareCommunication for FHIR
+        receivers; the receiver is the correspondence's ``receiver`` organisation unless named."""
+        from bridge.medcom.care_communication import build_care_communication
+        from bridge.municipal.correspondence import Correspondence
+        from bridge.translate import validation_issues
+
+        check_size(len(body), self.settings.limits.max_body_bytes)
+        data = self._json_object(body)
+        try:
+            corr = Correspondence.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(validation_issues(exc), "the correspondence is not valid") from exc
+        require_owner(caller, sor=corr.sender.sor, gln=corr.sender.gln, where="sender")
+        # The message ids are fixed here, before the duplicate lookup, so a resent correspondence
+        # that carries its ids (``message``) is recognised; one without ids is always new.
+        message = build_care_communication(corr, now=self._now_seconds)
+        bundle_id, header_id = str(message["id"]), str(message["entry"][0]["resource"]["id"])
+        found = self.store.find_by_ids(bundle_id, header_id)
+        if found is not None:
+            return duplicate_reply(found, caller, bundle_id, header_id)
+        if receivers:
+            resolved = explicit_receivers(self.settings, receivers)
+        else:
+            owner = self.settings.owner_of(sor=corr.receiver.sor, gln=corr.receiver.gln)
+            if owner is None:
+                from bridge.routing import Unroutable
+
+                raise Unroutable(
+                    Outcome(
+                        [
+                            Issue(
+                                "error",
+                                "not-found",
+                                "No system of this bridge owns the receiver",
+                                ("receiver",),
+                            )
+                        ]
+                    )
+                )
+            resolved = [Receiver(owner, "receiver")]
+        key = self.citizen_key(corr.citizen.cpr)
+        wire: bytes | None = None
+        deliveries = []
+        for r in resolved:
+            if r.system.format == "fhir":
+                wire = wire or orjson.dumps(message)
+                deliveries.append(NewDelivery(r.system.id, wire, FHIR_JSON, expect_receipt=True))
+            else:
+                deliveries.append(NewDelivery(r.system.id, body, MUNICIPAL_JSON))
+        return self._accept_municipal(
+            caller, KIND_CORRESPONDENCE, bundle_id, header_id, key, body, deliveries, resolved
+        )
+
+    def _now_seconds(self) -> Any:
+        return self.clock.now().replace(microsecond=0)
+
+    def _json_object(self, body: bytes) -> dict[str, Any]:
+        from bridge.fhir.parse import parse_json
+
+        limits = self.settings.limits
+        data = parse_json(body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+        if not isinstance(data, dict):
+            raise InvalidInput(Outcome([Issue("error", "structure", "The body must be a JSON object")]))
+        return data
+
+    def _accept_municipal(
+        self,
+        caller: System,
+        kind: str,
+        bundle_id: str,
+        header_id: str,
+        key: str | None,
+        body: bytes,
+        deliveries: list[NewDelivery],
+        receivers: Sequence[Receiver],
+    ) -> Reply:
+        message_id = str(uuid.uuid4())
+        response = orjson.dumps(accepted_outcome(message_id, header_id, receivers))
+        result = self._accept(
+            NewMessage(
+                bundle_id=bundle_id,
+                header_id=header_id,
+                sender=caller.id,
+                kind=kind,
+                citizen_key=key,
+                payload=body,
+                content_type=MUNICIPAL_JSON,
+                received_at=self.clock.now(),
+                response=response,
+                id=message_id,
+            ),
+            deliveries,
+            receivers,
+        )
+        if not result.accepted:
+            return duplicate_reply(
+                Duplicate(result.duplicate or "same", result.message), caller, bundle_id, header_id
+            )
+        return Reply(200, response, FHIR_JSON)
+
+    # -- audit of refusals ----------------------------------------------------------------------------
+    def record_refusal(self, caller: System, exc: InvalidInput) -> None:
+        """Audit a refused post by an authenticated system (best effort: a store outage is not
+        reported twice)."""
+        first = exc.outcome.errors[0] if exc.outcome.errors else None
+        reason = f"{type(exc).__name__}: {first.code}" if first else type(exc).__name__
+        try:
+            self.store.append_audit(audit.rejected(recorded=self.clock.now(), actor=caller.id, reason=reason))
+        except StoreUnavailable:
+            pass
+
+
+#: A factory the app uses, so tests can wrap the store (e.g. one that fails on accept).
+IngressFactory = Callable[[Settings, OutboxStore, Clock], Ingress]
