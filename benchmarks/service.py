@@ -1,0 +1,475 @@
+"""The bridge service under load, on loopback, with SQLite; prints one JSON document.
+
+    python benchmarks/service.py [--duration 10] [--concurrency 32] [--messages 3000] [--queued 100000]
+    python benchmarks/service.py --only floors          # the HTTP and validation floors alone
+
+What one run measures, all with the same HospitalNotification-sized message (an admission built by the
+bridge's own builder, ~5 KB, a fresh Bundle.id and MessageHeader.id per request):
+
+- ``validation_floor``: parsing and MedCom validation of the message alone, in this process, per core;
+- ``http_floor``: a bare ASGI app under uvicorn that reads the body and answers 202, driven by the
+  same load generator - what HTTP and the generator cost before the bridge does anything;
+- ``accept``: ``fhir-bridge serve --role api`` (no dispatcher): durable accepts per second (each one a
+  committed, fsync'd transaction of message, delivery and audit record) and, in a second phase at half
+  that rate, accept latency p50/p99;
+- ``deliveries``: the accepted backlog of ``--messages`` drained by ``fhir-bridge serve --role worker``
+  to a simulated municipality on loopback: end-to-end deliveries per second;
+- ``queued_rss``: ``--queued`` messages accepted for a receiver that is down, by the full service; the
+  bridge's RSS sampled as the queue grows (it should stay flat). ``--queued 0`` skips it.
+
+The load generator runs as a separate process (``--loadgen``) with httpx, a bounded number of
+concurrent requests and a bounded duration. Both run on the same 2 cores as the bridge, so the figures
+are lower bounds of what the bridge does with a machine to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+
+BIN = Path(sys.executable).parent
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest the configuration stores for a bearer token (as bridge.settings does)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+HOSPITAL_TOKEN = "benchmark-hospital-token"
+SECRET = "benchmark-citizen-key-secret-0123456789abcdef"
+CITIZENS = 500
+
+
+# ------------------------------------------------------------------------------------------- messages
+def templates(count: int = CITIZENS) -> list[bytes]:
+    """Admissions of ``count`` synthetic citizens; ids are swapped per request by :func:`fresh`."""
+    from bridge.simulators import traffic
+
+    return [orjson.dumps(traffic.notification(traffic.admission(n))) for n in range(count)]
+
+
+def fresh(template: bytes) -> bytes:
+    """The template with a new Bundle.id and MessageHeader.id (every occurrence, references included)."""
+    bundle = orjson.loads(template)
+    old_bundle, old_header = bundle["id"], bundle["entry"][0]["resource"]["id"]
+    return template.replace(old_header.encode(), str(uuid.uuid4()).encode()).replace(
+        old_bundle.encode(), str(uuid.uuid4()).encode()
+    )
+
+
+# ------------------------------------------------------------------------------------------ processes
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process (Linux /proc), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bridge_config(directory: Path, port: int, receiver_port: int) -> Path:
+    def system(sid: str, kind: str, orgs: list[dict[str, str]], endpoint: str, token: str | None) -> Any:
+        tokens = [{"name": "main", "sha256": hash_token(token)}] if token else []
+        return {
+            "id": sid,
+            "kind": kind,
+            "organisations": orgs,
+            "inbound": {"tokens": tokens},
+            "endpoint": endpoint,
+            "format": "fhir",
+            "timeout": "5s",
+            "concurrency": 32,
+        }
+
+    config = {
+        "version": 1,
+        "listen": {"host": "127.0.0.1", "port": port},
+        "store": {"url": "sqlite:///bridge.db", "citizen_key_secret": "${BRIDGE_CITIZEN_KEY_SECRET}"},
+        "retry": {"initial_delay": "30s", "max_delay": "10m", "max_attempts": 15, "max_age": "24h"},
+        "dispatcher": {"lease": "2m", "poll_interval": "50ms", "batch_size": 64, "shutdown_grace": "10s"},
+        "systems": [
+            system(
+                "herlev-gentofte-hospital",
+                "hospital",
+                [{"sor": "265161000016000", "gln": "5790000209354"}],
+                f"http://127.0.0.1:{free_port()}/fhir/$process-message",
+                HOSPITAL_TOKEN,
+            ),
+            system(
+                "herlev-municipality",
+                "municipality",
+                [{"sor": "953741000016009", "gln": "5790001348120"}],
+                f"http://127.0.0.1:{receiver_port}/fhir/$process-message",
+                None,
+            ),
+        ],
+    }
+    path = directory / "bridge.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_bridge(directory: Path, config: Path, port: int, role: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BRIDGE_CITIZEN_KEY_SECRET": SECRET}
+    log = (directory / f"bridge-{role}.log").open("ab")
+    proc = subprocess.Popen(
+        [str(BIN / "fhir-bridge"), "serve", "--config", config.name, "--role", role],
+        cwd=directory,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    if role != "worker":
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc
+
+
+# ------------------------------------------------------------------------------------------- load gen
+def _load(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, rate: float, limit: int
+) -> dict[str, Any]:
+    # Threads with one blocking httpx.Client each: on this machine httpx's async pool is slower than
+    # the server under test, blocking clients in threads are not.
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    sent = 0
+    lock = threading.Lock()
+    started = time.perf_counter()
+    end = started + duration
+    headers = {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {HOSPITAL_TOKEN}"}
+
+    def worker() -> None:
+        nonlocal sent, errors
+        with httpx.Client(timeout=30, headers=headers) as client:
+            while True:
+                with lock:
+                    i = sent
+                    sent += 1
+                if i >= limit:
+                    return
+                scheduled = started + i / rate if rate else time.perf_counter()
+                if scheduled >= end:
+                    return
+                if rate:
+                    delay = scheduled - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                try:
+                    response = client.post(url, content=bodies[i % len(bodies)])
+                except httpx.HTTPError:
+                    with lock:
+                        errors += 1
+                    continue
+                # From the scheduled time: a late start counts against the server (no coordinated omission).
+                latency = time.perf_counter() - scheduled
+                with lock:
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    latencies.append(latency)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float | None:
+        return (
+            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+            if latencies
+            else None
+        )
+
+    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
+    return {
+        "requests": sum(statuses.values()) + errors,
+        "ok": ok,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "ok_per_second": round(ok / elapsed, 1),
+        "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+    }
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    """The load generator process: bodies from a file (length-prefixed), JSON result on stdout."""
+    raw = Path(args.bodies).read_bytes()
+    bodies, i = [], 0
+    while i < len(raw):
+        size = int.from_bytes(raw[i : i + 4], "big")
+        bodies.append(raw[i + 4 : i + 4 + size])
+        i += 4 + size
+    result = _load(args.url, bodies, args.concurrency, args.duration, args.rate, args.limit)
+    sys.stdout.write(json.dumps(result))
+
+
+def run_load(
+    directory: Path,
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    rate: float = 0,
+    limit: int = 10**9,
+) -> dict[str, Any]:
+    path = directory / f"bodies-{uuid.uuid4().hex[:8]}.bin"
+    path.write_bytes(b"".join(len(b).to_bytes(4, "big") + b for b in bodies))
+    argv = [
+        sys.executable,
+        __file__,
+        "--loadgen",
+        "--url",
+        url,
+        "--bodies",
+        str(path),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--rate",
+        str(rate),
+        "--limit",
+        str(limit),
+    ]
+    done = subprocess.run(argv, capture_output=True, check=True, timeout=duration + 120)
+    path.unlink()
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+# -------------------------------------------------------------------------------------------- phases
+def validation_floor(body: bytes, seconds: float = 3.0) -> dict[str, Any]:
+    from bridge.medcom.validation import validate_message
+
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        outcome = validate_message(orjson.loads(body))
+        count += 1
+    assert not outcome.errors, outcome.summary()
+    per = (time.perf_counter() - started) / count
+    return {"per_message_ms": round(per * 1000, 3), "messages_per_second_per_core": round(1 / per, 1)}
+
+
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def http_floor(directory: Path, bodies: list[bytes], concurrency: int, duration: float) -> dict[str, Any]:
+    (directory / "bare_asgi.py").write_text(BARE_APP)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=directory,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc)
+        return run_load(
+            directory,
+            f"http://127.0.0.1:{port}/fhir/$process-message",
+            bodies,
+            concurrency=concurrency,
+            duration=duration,
+        )
+    finally:
+        stop(proc)
+
+
+def receiver(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    log = (directory / "receiver.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.simulators", "municipality", "--port", str(port), "--no-validate"],
+        cwd=directory,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    return proc
+
+
+def received_count(port: int) -> int:
+    return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["messages"])
+
+
+def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    port, receiver_port = free_port(), free_port()
+    config = bridge_config(directory, port, receiver_port)
+    url = f"http://127.0.0.1:{port}/fhir/$process-message"
+    api = start_bridge(directory, config, port, "api")
+    try:
+        bodies = [fresh(pool[i % len(pool)]) for i in range(args.messages)]
+        peak = run_load(
+            directory, url, bodies, concurrency=args.concurrency, duration=args.duration, limit=len(bodies)
+        )
+        half_rate = max(1.0, peak["ok_per_second"] / 2)
+        bodies2 = [fresh(pool[i % len(pool)]) for i in range(int(half_rate * args.duration) + 1)]
+        half = run_load(
+            directory, url, bodies2, concurrency=args.concurrency, duration=args.duration, rate=half_rate
+        )
+    finally:
+        stop(api)
+    backlog = peak["ok"] + half["ok"]
+    sim = receiver(directory, receiver_port)
+    worker = start_bridge(directory, config, port, "worker")
+    try:
+        started = time.perf_counter()
+        deadline = started + max(120.0, backlog / 50)
+        count = 0
+        while time.perf_counter() < deadline:
+            count = received_count(receiver_port)
+            if count >= backlog:
+                break
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop(worker)
+        stop(sim)
+    return {
+        "accept": {"peak": peak, "half_rate": {"target_per_second": round(half_rate, 1), **half}},
+        "deliveries": {
+            "backlog": backlog,
+            "delivered": count,
+            "seconds": round(elapsed, 3),
+            "per_second": round(count / elapsed, 1) if elapsed else None,
+            "note": "time from worker start (process start-up included) until the receiver has them all",
+        },
+    }
+
+
+def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    config = bridge_config(directory, port, free_port())  # nothing listens there: the receiver is down
+    proc = start_bridge(directory, config, port, "all")
+    url = f"http://127.0.0.1:{port}/fhir/$process-message"
+    samples = [{"queued": 0, "rss_kib": rss_kib(proc.pid)}]
+    try:
+        step = max(1, args.queued // 4)
+        done = 0
+        while done < args.queued:
+            n = min(step, args.queued - done)
+            bodies = [fresh(pool[i % len(pool)]) for i in range(n)]
+            result = run_load(directory, url, bodies, concurrency=args.concurrency, duration=3600, limit=n)
+            done += n
+            samples.append({"queued": done, "accepted": result["ok"], "rss_kib": rss_kib(proc.pid)})
+    finally:
+        stop(proc)
+    return {"samples": samples}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bridge service benchmark (JSON on stdout)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--messages", type=int, default=20000, help="at most this many in the peak phase")
+    parser.add_argument("--queued", type=int, default=100_000, help="messages queued for a down receiver")
+    parser.add_argument("--only", choices=("floors", "service", "queued"), help="run one part")
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--bodies", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=10**9, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        loadgen_main(args)
+        return
+    pool = templates()
+    report: dict[str, Any] = {
+        "benchmark": "service",
+        "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "message_bytes": len(pool[0]),
+        "settings": {"duration_s": args.duration, "concurrency": args.concurrency},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        if args.only in (None, "floors"):
+            report["validation_floor"] = validation_floor(pool[0])
+            report["http_floor"] = http_floor(
+                directory, [fresh(pool[0]) for _ in range(500)], args.concurrency, args.duration
+            )
+        if args.only in (None, "service"):
+            report |= accept_and_deliver(directory, pool, args)
+            floor = report.get("validation_floor", {}).get("per_message_ms")
+            peak = report["accept"]["peak"]["ok_per_second"]
+            if floor and peak:
+                # What one accept costs against validation alone, both per core-second on 2 cores.
+                report["accept_cost_vs_validation_floor"] = round((1000 / peak) / floor, 2)
+        if args.only in (None, "queued") and args.queued:
+            report["queued_rss"] = queued_rss(directory, pool, args)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
