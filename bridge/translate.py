@@ -21,12 +21,20 @@ from bridge.municipal.model import MunicipalRecord
 MAPPINGS_ENV = "BRIDGE_MAPPINGS_DIR"
 
 
-def default_mappings_dir() -> Path:
-    """``$BRIDGE_MAPPINGS_DIR``, else the ``mappings/`` folder of the project."""
+CANONICAL = "municipal-v1"
+
+
+def mappings_root() -> Path:
+    """The folder holding the mapping sets: ``$BRIDGE_MAPPINGS_DIR``, else the project's ``mappings/``."""
     configured = os.environ.get(MAPPINGS_ENV)
     if configured:
         return Path(configured)
     return Path(__file__).resolve().parent.parent / "mappings"
+
+
+def default_mappings_dir() -> Path:
+    """The canonical record's mapping set (``municipal-v1``) under ``mappings_root()``."""
+    return mappings_root() / CANONICAL
 
 
 @cache

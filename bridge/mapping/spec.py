@@ -19,6 +19,10 @@ import yaml
 from bridge.errors import MappingSpecError
 
 
+#: Files in a mapping set folder that are not resource specs: the set's manifest and its input schema.
+NOT_SPECS = frozenset({"mapping-set.yaml", "record.schema.json"})
+
+
 @dataclass(frozen=True, slots=True)
 class SpecFile:
     """One loaded spec: its data and where each key stands in the file."""
@@ -106,7 +110,11 @@ def load_spec_dir(directory: Path) -> list[SpecFile]:
     """All ``*.yaml``, ``*.yml`` and ``*.json`` specs directly under ``directory``, by file name."""
     if not directory.is_dir():
         raise MappingSpecError(str(directory.name), "directory", "no such mappings directory")
-    files = sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml", ".json"} and p.is_file())
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in {".yaml", ".yml", ".json"} and p.is_file() and p.name not in NOT_SPECS
+    )
     if not files:
         raise MappingSpecError(directory.name, "directory", "holds no mapping specs (*.yaml)")
     return [load_spec_file(p) for p in files]

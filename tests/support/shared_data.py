@@ -7,4 +7,4 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[2]
 SHARED = PROJECT.parent / "shared"
 EXAMPLES = PROJECT / "examples"
-MAPPINGS = PROJECT / "mappings"
+MAPPINGS = PROJECT / "mappings" / "municipal-v1"
