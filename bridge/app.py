@@ -32,6 +32,7 @@ from fastapi.openapi.utils import get_openapi
 from bridge import __version__
 from bridge.api import dryrun, errors, fhir, health, municipal, ops
 from bridge.clock import Clock
+from bridge.delivery.dispatcher import Dispatcher
 from bridge.ingress import Ingress
 from bridge.outbox.port import OutboxStore
 from bridge.settings import Settings
@@ -57,13 +58,8 @@ def _new_dispatcher(
     clock: Clock,
     transport: httpx.BaseTransport | None,
     rng: random.Random | None,
-) -> Any:
-    """A dispatcher, or None when this build has no dispatcher module."""
-    try:
-        from bridge.delivery.dispatcher import Dispatcher
-    except ImportError:
-        log.warning("no dispatcher in this build: messages are accepted but not delivered")
-        return None
+) -> Dispatcher:
+    """The dispatcher of this process."""
     worker_id = f"{socket.gethostname()}:{id(store):x}"
     return Dispatcher(settings, store, clock, worker_id=worker_id, transport=transport, rng=rng)
 
@@ -88,14 +84,15 @@ def create_app(
         dispatcher = None
         if role in ("all", "worker"):
             dispatcher = _new_dispatcher(settings, store, clock, transport, rng)
-            if dispatcher is not None:
-                dispatcher.start()
+            dispatcher.start()
+            app.state.ingress.on_queued = dispatcher.notify
         app.state.dispatcher = dispatcher
         gc.freeze()
         try:
             yield
         finally:
             if dispatcher is not None:
+                app.state.ingress.on_queued = None
                 dispatcher.stop(timeout=settings.dispatcher.shutdown_grace.total_seconds())
 
     app = FastAPI(

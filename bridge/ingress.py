@@ -265,6 +265,8 @@ class Ingress:
     settings: Settings
     store: OutboxStore
     clock: Clock
+    #: Called after each commit that queued deliveries (the dispatcher looks for work at once).
+    on_queued: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._secret = self.settings.store.citizen_key_secret.get_secret_value().encode("utf-8")
@@ -282,14 +284,13 @@ class Ingress:
         check_size(len(body), self.settings.limits.max_body_bytes)
         bundle, kind = validated_message(body, fmt, self.settings)
         authorise_sender(caller, bundle)
+        if kind == KIND_ACKNOWLEDGEMENT:
+            # Receipt handling recognises a repeated Acknowledgement itself (and records it only once).
+            return self._acknowledgement(caller, bundle)
         bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
         found = self.store.find_by_ids(bundle_id, header_id)
         if found is not None:
             return duplicate_reply(found, caller, bundle_id, header_id)
-        if kind == KIND_ACKNOWLEDGEMENT:
-            handled = self._acknowledgement(caller, bundle)
-            if handled is not None:
-                return handled
         receivers = medcom_receivers(self.settings, bundle)
         number = patient_number(bundle)
         key = self.citizen_key(number)
@@ -361,12 +362,13 @@ class Ingress:
             )
         )
 
-    def _acknowledgement(self, caller: System, bundle: dict[str, Any]) -> Reply | None:
-        """Hand a received Acknowledgement to the receipt handling; None when it is not available."""
-        try:
-            from bridge.delivery.receipts import handle_acknowledgement
-        except ImportError:
-            return None
+    def _acknowledgement(self, caller: System, bundle: dict[str, Any]) -> Reply:
+        """Hand a received Acknowledgement to the receipt handling (correlate, forward to the sender).
+
+        The answer does not depend on what became of it, so a resent Acknowledgement gets the same bytes.
+        """
+        from bridge.delivery.receipts import handle_acknowledgement
+
         handle_acknowledgement(self.settings, self.store, self.clock, bundle, from_system=caller.id)
         header_id = str(bundle["entry"][0]["resource"]["id"])
         outcome = {
@@ -393,7 +395,10 @@ class Ingress:
             citizen_key=message.citizen_key,
             destinations=[r.system.id for r in receivers],
         )
-        return self.store.accept(message, deliveries, record)
+        result = self.store.accept(message, deliveries, record)
+        if result.accepted and deliveries and self.on_queued is not None:
+            self.on_queued()
+        return result
 
     # -- municipal posts ------------------------------------------------------------------------------
     def municipal_record(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
@@ -541,6 +546,3 @@ class Ingress:
         except StoreUnavailable:
             pass
 
-
-#: A factory the app uses, so tests can wrap the store (e.g. one that fails on accept).
-IngressFactory = Callable[[Settings, OutboxStore, Clock], Ingress]
