@@ -371,6 +371,16 @@ class OutboxStore(Protocol):
         """Mark a leased delivery delivered and record the attempt; ``LeaseLost`` if no longer ours."""
         ...
 
+    def complete_many(
+        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+    ) -> list[str]:
+        """``complete`` for several deliveries in ONE transaction (one commit for a batch).
+
+        Returns the ids no longer leased to ``worker_id`` (lease lost, or unknown); those are left
+        unchanged, the others are delivered with their attempt recorded.
+        """
+        ...
+
     def schedule_retry(
         self, delivery_id: str, worker_id: str, attempt: AttemptRecord, retry_at: datetime, now: datetime
     ) -> None:

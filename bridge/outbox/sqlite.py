@@ -457,6 +457,22 @@ class SqliteOutboxStore:
             self._leased_update(conn, "complete", params, delivery_id, worker_id)
             conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
 
+    def complete_many(
+        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+    ) -> list[str]:
+        """``complete`` for several deliveries in one transaction; returns the ids whose lease was lost."""
+        lost: list[str] = []
+        if not completed:
+            return lost
+        with self._write() as conn:
+            for delivery_id, attempt in completed:
+                params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
+                if conn.execute(_Q["complete"], params).rowcount == 1:
+                    conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+                else:
+                    lost.append(delivery_id)
+        return lost
+
     def schedule_retry(
         self, delivery_id: str, worker_id: str, attempt: AttemptRecord, retry_at: datetime, now: datetime
     ) -> None:

@@ -353,6 +353,33 @@ def test_complete_records_the_attempt_and_the_message_state(
         store.complete(str(uuid.uuid4()), "w1", ok(clock), clock.now())
 
 
+def test_complete_many_delivers_a_batch_and_names_the_lost_leases(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        store.accept(*messages.build())
+    first, second, third = store.claim_due("w1", clock.now(), LEASE, limit=3)
+    store.release(third.id, "w1", clock.now())
+    unknown = str(uuid.uuid4())
+
+    lost = store.complete_many(
+        "w1",
+        [(first.id, ok(clock)), (second.id, ok(clock, 202)), (third.id, ok(clock)), (unknown, ok(clock))],
+        clock.now(),
+    )
+
+    assert lost == [third.id, unknown]
+    delivered = {d.id: d for d in store.list_deliveries("delivered")}
+    assert set(delivered) == {first.id, second.id}
+    assert delivered[first.id].delivered_at == clock.now()
+    trace = store.message_trace(second.message_id)
+    assert trace is not None
+    assert [(a.number, a.status_code) for a in trace.deliveries[0].attempts] == [(1, 202)]
+    (pending,) = store.list_deliveries("pending")
+    assert pending.id == third.id
+    assert store.complete_many("w1", [], clock.now()) == []
+
+
 def test_schedule_retry_makes_the_delivery_due_later(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:
