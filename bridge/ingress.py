@@ -408,6 +408,16 @@ class Ingress:
         check_size(len(body), self.settings.limits.max_body_bytes)
         data = self._json_object(body)
         record = parse_record(data)
+        org = record.organization
+        for where, party in (
+            ("organization.municipality", org.municipality),
+            ("organization.unit", org.unit),
+        ):
+            # Organisations no system owns are the municipality's own business; one another system
+            # owns would let this caller speak as that system.
+            owner = self.settings.owner_of(sor=party.sor, gln=party.gln) if party.sor or party.gln else None
+            if owner is not None and owner.id != caller.id:
+                require_owner(caller, sor=party.sor, gln=party.gln, where=where)
         key = self.citizen_key(record.citizen.cpr)
         meta = record.metadata
         header_id = str(uuid.uuid5(_RECORD_NAMESPACE, f"{caller.id}\x00{meta.record_id}\x00{meta.version}"))
@@ -545,4 +555,3 @@ class Ingress:
             self.store.append_audit(audit.rejected(recorded=self.clock.now(), actor=caller.id, reason=reason))
         except StoreUnavailable:
             pass
-
