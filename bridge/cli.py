@@ -170,6 +170,97 @@ def mappings_check(
     sys.stdout.write(f"ok: {len(ms.files)} specs, {maps} maps, {len(ms.conceptmaps)} ConceptMaps\n")
 
 
+def _sets(directory: Path | None) -> list[Path]:
+    """A set folder, or every set under a mappings root (default: the shipped mappings/)."""
+    from bridge.mapping.registry import MANIFEST, discover
+    from bridge.translate import mappings_root
+
+    where = directory or mappings_root()
+    if (where / MANIFEST).is_file():
+        return [where]
+    try:
+        found = discover(where)
+    except MappingSpecError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if not found:
+        _fail(f"no mapping sets (folders with a mapping-set.yaml) under {where}", EXIT_USAGE)
+    return found
+
+
+@mappings_app.command("test")
+def mappings_test(
+    directory: Annotated[Path | None, typer.Argument(help="A mapping set, or a folder of sets")] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Rewrite the expected outputs (review the diff)")
+    ] = False,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report here")] = None,
+) -> None:
+    """Run every golden case of the mapping sets: exit 0 all pass, 1 a case failed, 2 a set is broken."""
+    from xml.etree import ElementTree
+
+    from bridge.mapping.cases import discover, junit_xml, run_case
+    from bridge.mapping.registry import load_set
+
+    failed = 0
+    suites: list[bytes] = []
+    for folder in _sets(directory):
+        try:
+            loaded = load_set(folder)
+        except MappingSpecError as exc:
+            _fail(f"broken mapping set {folder.name}: {exc}", EXIT_USAGE)
+        results = [run_case(loaded, case, update=update) for case in discover(loaded)]
+        for r in results:
+            state = "updated" if r.updated and r.passed else ("ok" if r.passed else "FAILED")
+            sys.stdout.write(f"{loaded.name} / {r.name}: {state}\n")
+            for problem in r.problems:
+                sys.stdout.write(f"    {problem}\n")
+        passed = sum(r.passed for r in results)
+        sys.stdout.write(f"{loaded.name}: {passed} of {len(results)} cases passed ({loaded.version})\n")
+        failed += len(results) - passed
+        suites.append(junit_xml(loaded.name, results))
+    if junit is not None:
+        root = ElementTree.Element("testsuites")
+        for suite in suites:
+            root.append(ElementTree.fromstring(suite))
+        junit.write_bytes(ElementTree.tostring(root, encoding="utf-8", xml_declaration=True))
+    if failed:
+        sys.stderr.write(f"fhir-bridge: {failed} mapping case(s) failed\n")
+        raise typer.Exit(EXIT_INVALID)
+
+
+@mappings_app.command("coverage")
+def mappings_coverage(
+    name: Annotated[str, typer.Argument(help="The mapping set, e.g. municipal-v1")],
+    root: Annotated[Path | None, typer.Option("--root", help="Folder of mapping sets")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Which record fields and FHIR elements each map reads and writes; case fields nothing maps."""
+    from bridge.mapping.coverage import coverage
+    from bridge.mapping.registry import load_set
+    from bridge.translate import mappings_root
+
+    folder = (root or mappings_root()) / name
+    try:
+        loaded = load_set(folder)
+    except MappingSpecError as exc:
+        _fail(f"broken or unknown mapping set {name}: {exc}", EXIT_USAGE)
+    report = coverage(loaded)
+    if as_json:
+        _write_json(report.to_json())
+        return
+    for m in report.maps:
+        sys.stdout.write(f"{m.name} -> {m.resource_type} ({m.file})\n")
+        for read in m.reads:
+            sys.stdout.write(f"    reads  {read}\n")
+        for write in m.writes:
+            sys.stdout.write(f"    writes {write}\n")
+    sys.stdout.write(
+        f"\nfields seen in the cases: {report.seen}; mapped by nothing: {len(report.unmapped)}\n"
+    )
+    for field in report.unmapped:
+        sys.stdout.write(f"    {field}\n")
+
+
 config_app = typer.Typer(help="Work with the bridge configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

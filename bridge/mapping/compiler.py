@@ -54,6 +54,7 @@ class CompiledMap:
     set_key: paths.Setter | None
     where: list[tuple[paths.Getter, paths.Setter, Any]]
     match: list[tuple[paths.Getter, Any]]
+    where_keys: tuple[str, ...] = ()  # the record fields ``where`` reads
     forward: Forward | None = None
     reverse: Reverse | None = None
     make: Make | None = None  # the whole resource: id, meta and the forward rules
@@ -317,6 +318,7 @@ class MapCompiler:
             set_key=None if from_root or not is_list else paths.compile_setter(key_steps),
             where=where,
             match=match,
+            where_keys=tuple(data.get("where") or ()),
         )
         rules = [self.check_rule(r, (*at, "rules", i), cmap, "", "") for i, r in enumerate(data["rules"])]
         self.generate(cmap, rules, key_steps)
@@ -488,7 +490,8 @@ class MapCompiler:
             return
         v = code.fresh("v")
         _emit_get(code, d, v, "root" if rule.from_root else item, _plain(rule.source), trusted=True)
-        code.line(d, f"if {v} is not MISSING and {v} is not None:")
+        # FHIR has no empty values: an empty list or string is no value at all
+        code.line(d, f"if {v} is not MISSING and {v} is not None and {v} != [] and {v} != '':")
         d += 1
         fhir = _plain(rule.fhir)
         where = f"f'{{{loc}}}.{rule.source_text}'"

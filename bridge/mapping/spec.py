@@ -18,7 +18,6 @@ import yaml
 
 from bridge.errors import MappingSpecError
 
-
 #: Files in a mapping set folder that are not resource specs: the set's manifest and its input schema.
 NOT_SPECS = frozenset({"mapping-set.yaml", "record.schema.json"})
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from record_strategies import records
 
 from bridge.fhir.klgateway import check_bundle
+from bridge.fhir.validate import validate_resource
 from bridge.translate import fhir_to_record, parse_record, record_to_fhir
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,6 +42,8 @@ def test_bundle_to_record_and_back_is_the_same_bundle(data: dict[str, Any]) -> N
 def test_every_produced_bundle_is_valid_fhir_r4(data: dict[str, Any]) -> None:
     bundle = record_to_fhir(parse_record(orjson.dumps(data)))
     Bundle.model_validate(bundle)  # raises on any structural error
+    structure = validate_resource(bundle)  # stricter: no empty values, JSON types, references resolve
+    assert not structure.has_errors, structure.to_fhir()
     kl = check_bundle(bundle)  # the second, independent check: the published KL Gateway constraints
     assert not kl.has_errors, kl.to_fhir()
     urls = [e["fullUrl"] for e in bundle["entry"]]
