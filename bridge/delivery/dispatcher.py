@@ -6,8 +6,11 @@ One round (``run_once``, or each turn of the background loop that ``start`` runs
    resent in a new envelope with the same MessageHeader.id, at most ``medcom.max_resends`` times;
    after the last resend without a receipt the delivery is dead ("no receipt").
 2. **Claim** due deliveries under a lease (``dispatcher.lease``), at most as many as there are free
-   delivery threads, skipping destinations whose concurrency limit is reached - so a slow receiver's
-   backlog never crowds out the others.
+   delivery threads, skipping destinations that already hold twice their concurrency limit - so a
+   slow receiver's backlog never crowds out the others. Each destination's posts run at most
+   ``concurrency`` at a time; the second half waits its turn in this process, so the next posts are
+   ready when one finishes, and the store is asked again (one claim for many deliveries) only when
+   a destination's waiting work is used up.
 3. **Deliver** each on a small thread pool (the work is waiting on sockets; a store call is short):
    POST, classify (``outcome.classify``), decide (``policy.decide`` with the destination's policy),
    and ``complete`` / ``schedule_retry`` / ``dead_letter``, each recording the attempt (time, status,
@@ -33,7 +36,6 @@ import random
 import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -72,17 +74,27 @@ log = logging.getLogger("bridge.delivery")
 #: The reason a delivery is dead when its MedCom receipt never came after every resend.
 NO_RECEIPT = "no receipt"
 #: Upper bound on delivery threads; deliveries wait on sockets, not on the CPU.
-MAX_THREADS = 32
+MAX_THREADS = 64
+#: Claimed deliveries a destination may hold per unit of its concurrency limit (posting + waiting).
+CLAIM_AHEAD = 2
 #: How long a delivery waiting for its destination's slot sleeps between looks at a shutdown.
 _SLOT_POLL = 0.05
 
-JobState = Literal["queued", "posting", "released", "abandoned"]
+JobState = Literal["queued", "posting", "reporting", "released", "abandoned"]
 
 
 @dataclass(slots=True)
 class _Job:
     claimed: ClaimedDelivery
     state: JobState = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class _Completed:
+    job: _Job
+    attempt: AttemptRecord
+    post: PostResult | None
+    system: System | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +127,16 @@ class Dispatcher:
         self._transport = Transport(settings, transport)
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._threads = threads or min(MAX_THREADS, sum(s.concurrency for s in settings.systems))
+        self._threads = threads or min(
+            MAX_THREADS, sum(CLAIM_AHEAD * s.concurrency for s in settings.systems)
+        )
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"deliver-{worker_id}")
         self._slots = {s.id: threading.BoundedSemaphore(s.concurrency) for s in settings.systems}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a job finished
+        self._commit_lock = threading.Lock()
+        self._to_commit: list[_Completed] = []
+        self._committing = False
         self._jobs: dict[str, _Job] = {}
         self._futures: dict[str, Future[None]] = {}
         self._per_destination: Counter[str] = Counter()
@@ -140,8 +158,11 @@ class Dispatcher:
             raise RuntimeError("the dispatcher is stopped")
         self.check_receipts()
         claimed = self._claim()
-        futures = [self._submit(c) for c in claimed]
-        wait_all(futures)
+        for c in claimed:
+            self._submit(c)
+        ids = {c.id for c in claimed}
+        with self._changed:
+            self._changed.wait_for(lambda: ids.isdisjoint(self._jobs))
         return len(claimed)
 
     def start(self) -> None:
@@ -174,11 +195,14 @@ class Dispatcher:
             waiting = [job for job in self._jobs.values() if job.state == "queued"]
             for job in waiting:
                 job.state = "released"
-            running = list(self._futures.values())
         for job in waiting:
             self._release(job.claimed)
-        wait_all(running, timeout=max(grace, 0.0))
-        with self._lock:
+            self._finish(job)
+        with self._changed:
+            self._changed.wait_for(
+                lambda: not any(j.state in ("posting", "reporting") for j in self._jobs.values()),
+                timeout=max(grace, 0.0),
+            )
             late = [job for job in self._jobs.values() if job.state == "posting"]
             for job in late:
                 job.state = "abandoned"
@@ -258,7 +282,11 @@ class Dispatcher:
     def _capacity(self) -> tuple[int, set[str]]:
         with self._lock:
             free = self._threads - len(self._jobs)
-            full = {s.id for s in self._settings.systems if self._per_destination[s.id] >= s.concurrency}
+            full = {
+                s.id
+                for s in self._settings.systems
+                if self._per_destination[s.id] >= CLAIM_AHEAD * s.concurrency
+            }
         return free, full
 
     def _claim(self) -> list[ClaimedDelivery]:
@@ -307,49 +335,61 @@ class Dispatcher:
     # -- delivering ------------------------------------------------------------------------------------
 
     def _run_job(self, job: _Job) -> None:
+        handed_off = False
+        try:
+            posted = self._post(job)
+            if posted is not None:
+                handed_off = self._report(job, *posted)
+        except Exception as exc:  # a delivery thread never dies silently; the lease will expire
+            log.error("delivery %s failed in the dispatcher (%s)", job.claimed.id, type(exc).__name__)
+        finally:
+            if not handed_off:
+                self._finish(job)
+
+    def _post(self, job: _Job) -> tuple[PostResult | None, DeliveryOutcome, datetime, System | None] | None:
+        """Wait for a slot at the destination, then post; None when the job was given back instead."""
         claimed = job.claimed
         slot = self._slots.get(claimed.destination)
-        acquired = False
+        if slot is not None:
+            while not slot.acquire(timeout=_SLOT_POLL):
+                if job.state == "released":
+                    return None
         try:
-            if slot is not None:
-                while not slot.acquire(timeout=_SLOT_POLL):
-                    if job.state == "released":
-                        return
-                acquired = True
             with self._lock:
                 if job.state != "queued":
-                    return
+                    return None
                 job.state = "posting"
-            self._deliver(job)
-        except Exception as exc:  # a delivery thread never dies silently; the lease will expire
-            log.error("delivery %s failed in the dispatcher (%s)", claimed.id, type(exc).__name__)
+            system = self._settings.system(claimed.destination)
+            started = self._clock.now()
+            if system is None:
+                return None, Permanent(f"destination {claimed.destination} is not configured"), started, None
+            if claimed.lease_expires_at - started <= system.timeout:
+                # Waited too long for a slot: the lease could run out mid-post and a second worker
+                # would send the same delivery. Hand it back; the next claim starts a fresh lease.
+                self._release(claimed)
+                return None
+            post = self._transport.post(system, claimed.payload, claimed.content_type)
+            return post, classify(post.result, self._clock.now()), started, system
         finally:
-            if acquired and slot is not None:
+            # The slot limits posts to the receiver; storing the result needs none.
+            if slot is not None:
                 slot.release()
-            with self._lock:
-                self._jobs.pop(claimed.id, None)
-                self._futures.pop(claimed.id, None)
-                self._per_destination[claimed.destination] -= 1
-                wake = self._starved
-            if wake:
-                self._wake.set()
 
-    def _deliver(self, job: _Job) -> None:
+    def _finish(self, job: _Job) -> None:
         claimed = job.claimed
-        system = self._settings.system(claimed.destination)
-        started = self._clock.now()
-        if system is None:
-            reason = f"destination {claimed.destination} is not configured"
-            self._report(job, None, Permanent(reason), started)
-            return
-        if claimed.lease_expires_at - started <= system.timeout:
-            # Waited too long for a slot: the lease could run out mid-post and a second worker
-            # would send the same delivery. Hand it back; the next claim starts a fresh lease.
-            self._release(claimed)
-            return
-        post = self._transport.post(system, claimed.payload, claimed.content_type)
-        outcome = classify(post.result, self._clock.now())
-        self._report(job, post, outcome, started, system)
+        with self._lock:
+            if self._jobs.pop(claimed.id, None) is None:
+                return
+            self._futures.pop(claimed.id, None)
+            self._per_destination[claimed.destination] -= 1
+            # Ask the store again once this destination's waiting work is used up, not after
+            # every single delivery: one claim then fetches a batch.
+            system = self._settings.system(claimed.destination)
+            limit = system.concurrency if system is not None else 1
+            wake = self._starved and self._per_destination[claimed.destination] <= limit
+            self._changed.notify_all()
+        if wake:
+            self._wake.set()
 
     def _report(
         self,
@@ -357,31 +397,26 @@ class Dispatcher:
         post: PostResult | None,
         outcome: DeliveryOutcome,
         started: datetime,
-        system: System | None = None,
-    ) -> None:
+        system: System | None,
+    ) -> bool:
+        """Store the outcome; True when it was handed to the group commit (which finishes the job)."""
         claimed = job.claimed
         with self._lock:
             if job.state == "abandoned":
                 log.info("delivery %s finished after shutdown released it; result dropped", claimed.id)
-                return
+                return False
         now = self._clock.now()
         attempt = _attempt_record(outcome, started, post)
         policy = self._settings.retry_policy(claimed.destination)
         with self._rng_lock:
             decision = decide(policy, claimed.attempt, outcome, claimed.first_attempt_at, now, self._rng)
+        if isinstance(decision, Delivered):
+            with self._lock:
+                job.state = "reporting"
+            self._complete(_Completed(job, attempt, post, system))
+            return True
         try:
-            if isinstance(decision, Delivered):
-                self._store.complete(claimed.id, self.worker_id, attempt, now)
-                log.info(
-                    "delivery %s of message %s to %s delivered (HTTP %d, attempt %d)",
-                    claimed.id,
-                    claimed.message_id,
-                    claimed.destination,
-                    decision.status_code,
-                    claimed.attempt,
-                )
-                self._after_delivered(claimed, system, post)
-            elif isinstance(decision, RetryAt):
+            if isinstance(decision, RetryAt):
                 self._store.schedule_retry(claimed.id, self.worker_id, attempt, decision.at, now)
                 log.info(
                     "delivery %s of message %s to %s: attempt %d failed (%s), next at %s",
@@ -399,6 +434,59 @@ class Dispatcher:
         except StoreError as exc:
             # The lease runs out and the delivery is claimed again: at-least-once holds.
             log.warning("delivery %s: result not stored (%s)", claimed.id, type(exc).__name__)
+        return False
+
+    def _complete(self, item: _Completed) -> None:
+        """Group commit: the first thread to arrive stores everything that queues up meanwhile.
+
+        A commit (an fsync) costs more than a loopback post, so one transaction per delivered
+        delivery would cap throughput; batching keeps the store off the critical path.
+        """
+        with self._commit_lock:
+            self._to_commit.append(item)
+            if self._committing:
+                return
+            self._committing = True
+        while True:
+            with self._commit_lock:
+                batch, self._to_commit = self._to_commit, []
+                if not batch:
+                    self._committing = False
+                    return
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Completed]) -> None:
+        now = self._clock.now()
+        try:
+            try:
+                lost = set(
+                    self._store.complete_many(
+                        self.worker_id, [(i.job.claimed.id, i.attempt) for i in batch], now
+                    )
+                )
+            except StoreError as exc:
+                log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
+                return
+            for item in batch:
+                claimed = item.job.claimed
+                if claimed.id in lost:
+                    log.info("delivery %s: lease lost to another worker; this result is dropped", claimed.id)
+                    continue
+                log.info(
+                    "delivery %s of message %s to %s delivered (%s, attempt %d)",
+                    claimed.id,
+                    claimed.message_id,
+                    claimed.destination,
+                    item.attempt.detail,
+                    claimed.attempt,
+                )
+                try:
+                    self._after_delivered(claimed, item.system, item.post)
+                except Exception as exc:  # the delivery stands; only the receipt work failed
+                    log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
+        finally:
+            for item in batch:
+                self._finish(item.job)
 
     def _dead_letter(
         self,
