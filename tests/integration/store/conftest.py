@@ -1,23 +1,32 @@
 """The ``store`` fixture: every OutboxStore implementation, run through the same conformance suite.
 
-A PostgreSQL adapter joins by adding its factory to ``STORE_FACTORIES``.
+Each engine is a factory in ``STORE_FACTORIES`` (opens a store on the test's own database; called
+again, it opens a second store on the same database, as a second process would) and a cleanup in
+``STORE_CLEANUPS``. PostgreSQL runs on the server named by ``BRIDGE_TEST_POSTGRES_URL``; every test gets
+its own schema there, dropped afterwards. Without the variable the PostgreSQL tests skip - except under
+``CI=true``, where a missing server is a failure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from bridge.clock import FakeClock
 from bridge.outbox.keys import citizen_key
 from bridge.outbox.port import AuditRecord, NewDelivery, NewMessage, OutboxStore
+from bridge.outbox.postgres import PostgresOutboxStore
 from bridge.outbox.sqlite import SqliteOutboxStore
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
@@ -26,11 +35,65 @@ SECRET = b"conformance-suite-citizen-secret"
 FHIR_JSON = "application/fhir+json"
 
 
+POSTGRES_ENV = "BRIDGE_TEST_POSTGRES_URL"
+
+
+def postgres_server_url() -> str:
+    """The test server's URL; skips without one, fails instead under ``CI=true``."""
+    url = os.environ.get(POSTGRES_ENV, "")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{POSTGRES_ENV} is not set; CI runs the PostgreSQL tests, it never skips them")
+        pytest.skip(f"{POSTGRES_ENV} is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    return url
+
+
+def schema_url(server_url: str, schema: str, **params: str) -> str:
+    """``server_url`` with its connections confined to ``schema`` (libpq ``options=-csearch_path=...``)."""
+    parts = urlsplit(server_url)
+    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={schema}"), *params.items()]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def create_schema(server_url: str, schema: str) -> None:
+    """Create ``schema`` (empty) on the test server."""
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+
+def drop_schema(server_url: str, schema: str) -> None:
+    """Drop ``schema`` and everything in it."""
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _schema_of(tmp_path: Path) -> str:
+    # One schema per test: derived from the test's own tmp_path, so every store the test opens shares it.
+    return "test_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+
+
 def _sqlite(tmp_path: Path) -> OutboxStore:
     return SqliteOutboxStore(tmp_path / "outbox.db")
 
 
-STORE_FACTORIES: dict[str, Callable[[Path], OutboxStore]] = {"sqlite": _sqlite}
+def _postgres(tmp_path: Path) -> OutboxStore:
+    server = postgres_server_url()
+    schema = _schema_of(tmp_path)
+    marker = tmp_path / ".postgres-schema"
+    if not marker.exists():
+        create_schema(server, schema)
+        marker.write_text(schema)
+    return PostgresOutboxStore.from_url(schema_url(server, schema, pool_max_size="4"))
+
+
+def _drop_postgres(tmp_path: Path) -> None:
+    if (tmp_path / ".postgres-schema").exists():
+        drop_schema(postgres_server_url(), _schema_of(tmp_path))
+
+
+STORE_FACTORIES: dict[str, Callable[[Path], OutboxStore]] = {"sqlite": _sqlite, "postgres": _postgres}
+STORE_CLEANUPS: dict[str, Callable[[Path], None]] = {"postgres": _drop_postgres}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
@@ -40,13 +103,16 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
 
     def open_one() -> OutboxStore:
         store = STORE_FACTORIES[request.param](tmp_path)
-        store.migrate()
         opened.append(store)
+        store.migrate()
         return store
 
     yield open_one
     for store in opened:
         store.close()
+    cleanup = STORE_CLEANUPS.get(request.param)
+    if cleanup is not None:
+        cleanup(tmp_path)
 
 
 @pytest.fixture

@@ -1,0 +1,282 @@
+-- Named queries of the PostgreSQL outbox adapter. Each starts with "-- name: <name>"; parameters are
+-- psycopg's %(named)s placeholders, cast where PostgreSQL cannot infer the type of a NULL.
+
+-- name: message_by_ids
+SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+       m.response, m.payload IS NULL AS payload_purged,
+       (SELECT CASE
+                   WHEN bool_or(d.state = 'dead') THEN 'dead'
+                   WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'
+                   ELSE 'delivered' END
+          FROM deliveries d WHERE d.message_id = m.id) AS state
+  FROM messages m
+ WHERE m.bundle_id = %(bundle_id)s OR m.header_id = %(header_id)s;
+
+-- name: message_by_id_or_header
+SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+       m.response, m.payload IS NULL AS payload_purged,
+       (SELECT CASE
+                   WHEN bool_or(d.state = 'dead') THEN 'dead'
+                   WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'
+                   ELSE 'delivered' END
+          FROM deliveries d WHERE d.message_id = m.id) AS state
+  FROM messages m
+ WHERE m.id = %(id)s OR m.header_id = %(id)s
+ ORDER BY m.id = %(id)s DESC
+ LIMIT 1;
+
+-- name: insert_message
+-- DO NOTHING on any unique conflict: a concurrent accept of the same ids waits here for the other
+-- transaction and then finds its message, instead of failing.
+INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, payload, response,
+                      received_at)
+VALUES (%(id)s, %(bundle_id)s, %(header_id)s, %(sender)s, %(kind)s, %(citizen_key)s, %(content_type)s,
+        %(payload)s, %(response)s, %(received_at)s)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: lock_pairs
+-- One transaction-scoped advisory lock per (citizen, destination) pair, taken in the caller's sorted
+-- order so two accepts never wait on each other in a cycle.
+SELECT pg_advisory_xact_lock(hashtextextended('fhir-bridge.pair:' || current_schema() || ':' || k, 0))
+  FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS t (k, n)
+ ORDER BY n;
+
+-- name: insert_delivery
+INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
+                        expect_receipt, state, created_at, next_attempt_at)
+VALUES (%(id)s, %(message_id)s, %(header_id)s, %(destination)s, %(citizen_key)s, %(content_type)s,
+        %(payload)s, %(expect_receipt)s, 'pending', %(created_at)s, %(next_attempt_at)s);
+
+-- name: delivery_ids_of_message
+SELECT id FROM deliveries WHERE message_id = %(message_id)s ORDER BY seq;
+
+-- name: lock_audit
+-- The audit trail is one hash chain: appends take turns, so each one reads the real previous hash.
+SELECT pg_advisory_xact_lock(hashtextextended('fhir-bridge.audit:' || current_schema(), 0));
+
+-- name: last_audit_hash
+SELECT hash FROM audit ORDER BY seq DESC LIMIT 1;
+
+-- name: insert_audit
+INSERT INTO audit (recorded_at, action, actor, message_id, body, prev_hash, hash)
+VALUES (%(recorded_at)s, %(action)s, %(actor)s, %(message_id)s, %(body)s, %(prev_hash)s, %(hash)s)
+RETURNING seq;
+
+-- name: read_audit
+SELECT seq, recorded_at, action, actor, message_id, body, prev_hash, hash
+  FROM audit WHERE seq > %(after_seq)s ORDER BY seq LIMIT %(limit)s;
+
+-- name: claim_expired
+-- Leases whose holder went quiet (crashed, partitioned) are taken over first: their work is the oldest.
+-- SKIP LOCKED: a row another claimer is taking right now is left to it; a row it took and committed
+-- is re-checked against the WHERE clause by PostgreSQL and no longer qualifies.
+WITH picked AS (
+    SELECT d.seq FROM deliveries d
+     WHERE d.state = 'leased' AND d.lease_expires_at <= %(now)s
+       AND d.destination <> ALL (%(skip)s::text[])
+     ORDER BY d.lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED)
+UPDATE deliveries d
+   SET lease_owner = %(worker_id)s,
+       lease_expires_at = %(lease_expires_at)s,
+       attempts = d.attempts + 1
+  FROM picked
+ WHERE d.seq = picked.seq
+RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.payload, d.content_type,
+          d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
+          d.next_attempt_at;
+
+-- name: claim_pending
+-- A pending delivery is claimable when it is due and no older delivery for the same citizen and
+-- destination is still open (pending or leased). The scan follows deliveries_due, so it stops as soon
+-- as %(limit)s heads are found. A head another claimer has locked is skipped, and the delivery behind
+-- it is not claimable either: this statement's snapshot still shows the head as open.
+WITH picked AS (
+    SELECT d.seq FROM deliveries d
+     WHERE d.state = 'pending' AND d.next_attempt_at <= %(now)s
+       AND d.destination <> ALL (%(skip)s::text[])
+       AND (d.citizen_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries o
+             WHERE o.citizen_key = d.citizen_key
+               AND o.destination = d.destination
+               AND o.seq < d.seq
+               AND o.state IN ('pending', 'leased')))
+     ORDER BY d.next_attempt_at, d.seq
+     LIMIT %(limit)s
+       FOR UPDATE OF d SKIP LOCKED)
+UPDATE deliveries d
+   SET state = 'leased',
+       lease_owner = %(worker_id)s,
+       lease_expires_at = %(lease_expires_at)s,
+       attempts = d.attempts + 1,
+       first_attempt_at = COALESCE(d.first_attempt_at, %(now)s)
+  FROM picked
+ WHERE d.seq = picked.seq
+RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.payload, d.content_type,
+          d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
+          d.next_attempt_at;
+
+-- name: lease_holder
+SELECT state, lease_owner FROM deliveries WHERE id = %(id)s;
+
+-- name: complete
+UPDATE deliveries
+   SET state = 'delivered', delivered_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL,
+       last_error = NULL
+ WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
+
+-- name: schedule_retry
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = %(retry_at)s, lease_owner = NULL, lease_expires_at = NULL,
+       last_error = %(last_error)s
+ WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
+
+-- name: dead_letter
+UPDATE deliveries
+   SET state = 'dead', dead_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL,
+       last_error = %(reason)s
+ WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
+
+-- name: release
+-- The claim did not turn into an attempt, so it gives back the attempt it counted.
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL,
+       first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END,
+       attempts = GREATEST(attempts - 1, 0)
+ WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
+
+-- name: retry_dead
+UPDATE deliveries
+   SET state = 'pending', next_attempt_at = %(now)s, attempts = 0, first_attempt_at = NULL, dead_at = NULL
+ WHERE id = %(id)s AND state = 'dead';
+
+-- name: give_up_receipt
+UPDATE deliveries
+   SET state = 'dead', dead_at = %(now)s, last_error = %(reason)s
+ WHERE id = %(id)s AND state = 'delivered' AND expect_receipt AND receipt_code IS NULL;
+
+-- name: message_payload
+SELECT payload FROM messages WHERE id = %(id)s;
+
+-- name: delivery_payload
+SELECT payload FROM deliveries WHERE id = %(id)s;
+
+-- name: insert_attempt
+INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
+SELECT %(delivery_id)s, attempts, %(worker_id)s, %(started_at)s, %(latency_ms)s, %(outcome)s,
+       %(status_code)s::integer, %(detail)s
+  FROM deliveries WHERE id = %(delivery_id)s;
+
+-- name: receipt_by_ack
+SELECT r.delivery_id, d.message_id
+  FROM receipts r LEFT JOIN deliveries d ON d.id = r.delivery_id
+ WHERE r.ack_header_id = %(ack_header_id)s;
+
+-- name: delivery_for_receipt
+SELECT id, message_id FROM deliveries
+ WHERE header_id = %(acknowledged_header_id)s AND destination = %(from_system)s
+ ORDER BY seq LIMIT 1;
+
+-- name: insert_receipt
+-- DO NOTHING: the same Acknowledgement arriving twice at once is stored once; the caller looks again.
+INSERT INTO receipts (ack_header_id, acknowledged_header_id, from_system, code, received_at, delivery_id)
+VALUES (%(ack_header_id)s, %(acknowledged_header_id)s, %(from_system)s, %(code)s, %(received_at)s,
+        %(delivery_id)s::text)
+ON CONFLICT (ack_header_id) DO NOTHING;
+
+-- name: set_receipt
+UPDATE deliveries SET receipt_code = %(code)s, receipt_at = %(received_at)s WHERE id = %(id)s;
+
+-- name: receipt_overdue
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries
+ WHERE state = 'delivered' AND expect_receipt AND receipt_code IS NULL
+   AND delivered_at <= %(cutoff)s AND resends < %(max_resends)s
+ ORDER BY delivered_at, seq
+ LIMIT %(limit)s;
+
+-- name: resend
+UPDATE deliveries
+   SET state = 'pending', payload = %(payload)s, resends = resends + 1, attempts = 0,
+       first_attempt_at = NULL, next_attempt_at = %(now)s, delivered_at = NULL
+ WHERE id = %(id)s AND state = 'delivered';
+
+-- name: deliveries_of_message
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries WHERE message_id = %(message_id)s ORDER BY seq;
+
+-- name: attempts_of_delivery
+SELECT number, worker_id, started_at, latency_ms, outcome, status_code, detail
+  FROM attempts WHERE delivery_id = %(delivery_id)s ORDER BY id;
+
+-- name: receipts_of_delivery
+SELECT ack_header_id, acknowledged_header_id, from_system, code, received_at, delivery_id
+  FROM receipts WHERE delivery_id = %(delivery_id)s ORDER BY received_at, ack_header_id;
+
+-- name: list_messages
+SELECT * FROM (
+    SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
+           m.response, m.payload IS NULL AS payload_purged,
+           (SELECT CASE
+                       WHEN bool_or(d.state = 'dead') THEN 'dead'
+                       WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'
+                       ELSE 'delivered' END
+              FROM deliveries d WHERE d.message_id = m.id) AS state
+      FROM messages m
+     WHERE (%(sender)s::text IS NULL OR m.sender = %(sender)s::text)
+       AND (%(kind)s::text IS NULL OR m.kind = %(kind)s::text)
+       AND (%(received_from)s::timestamptz IS NULL OR m.received_at >= %(received_from)s::timestamptz)
+       AND (%(received_to)s::timestamptz IS NULL OR m.received_at < %(received_to)s::timestamptz)
+       AND (%(destination)s::text IS NULL
+            OR EXISTS (SELECT 1 FROM deliveries d
+                        WHERE d.message_id = m.id AND d.destination = %(destination)s::text))
+) AS listed
+ WHERE (%(state)s::text IS NULL OR listed.state = %(state)s::text)
+ ORDER BY listed.received_at DESC, listed.id DESC
+ LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: list_deliveries
+SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
+       first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
+       receipt_code, receipt_at, payload IS NULL AS payload_purged
+  FROM deliveries
+ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+ ORDER BY seq
+ LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: purge_deliveries
+UPDATE deliveries SET payload = NULL
+ WHERE state = 'delivered' AND delivered_at < %(cutoff)s AND payload IS NOT NULL;
+
+-- name: purge_messages
+UPDATE messages SET payload = NULL
+ WHERE received_at < %(cutoff)s AND payload IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id AND d.state <> 'delivered');
+
+-- name: set_admission
+INSERT INTO admissions (citizen_key, hospital, status, since)
+VALUES (%(citizen_key)s, %(hospital)s, %(status)s, %(since)s)
+ON CONFLICT (citizen_key) DO UPDATE
+   SET hospital = excluded.hospital, status = excluded.status, since = excluded.since
+ WHERE excluded.since >= admissions.since;
+
+-- name: current_admission
+SELECT citizen_key, hospital, status, since FROM admissions WHERE citizen_key = %(citizen_key)s;
+
+-- name: count_by_state
+SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state;
+
+-- name: due_stats
+SELECT COUNT(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= %(now)s) AS due,
+       COUNT(*) FILTER (WHERE state = 'leased' AND lease_expires_at <= %(now)s) AS expired_leases,
+       MIN(next_attempt_at) FILTER (WHERE state = 'pending' AND next_attempt_at <= %(now)s) AS oldest_due_at
+  FROM deliveries;
+
+-- name: ping
+SELECT 1;
