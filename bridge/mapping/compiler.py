@@ -45,6 +45,7 @@ class CompiledMap:
     order: int
     file: str
     source: str
+    scope: str  # ids and references: maps sharing a scope share an id space (default: the name)
     source_is_list: bool
     get_source: paths.Getter
     set_source: paths.Setter
@@ -267,10 +268,10 @@ class _Rule:
 class MapCompiler:
     """Checks one spec's maps and generates their functions."""
 
-    def __init__(self, spec: SpecFile, conceptmaps: dict[str, ConceptMap], map_names: set[str]) -> None:
+    def __init__(self, spec: SpecFile, conceptmaps: dict[str, ConceptMap], scopes: set[str]) -> None:
         self.spec = spec
         self.conceptmaps = conceptmaps
-        self.map_names = map_names
+        self.scopes = scopes
 
     def fail(self, where: tuple[str | int, ...], problem: str) -> MappingSpecError:
         return MappingSpecError(self.spec.name, self.spec.where(where), problem)
@@ -304,6 +305,7 @@ class MapCompiler:
         ]
         cmap = CompiledMap(
             name=data["name"],
+            scope=data.get("scope", data["name"]),
             resource_type=spec["resource"],
             profile=spec.get("profile"),
             order=int(spec.get("order", 100)),
@@ -345,9 +347,14 @@ class MapCompiler:
         if "const" in rule and "source" in rule:
             raise self.fail(at, "a rule has const or source, not both")
         if "transform" in rule:
-            out.transform = transforms.get(rule["transform"])
+            try:
+                out.transform = transforms.get(rule["transform"])
+            except ValueError as exc:
+                raise self.fail((*at, "transform"), str(exc)) from exc
             if out.transform is None:
-                known = ", ".join(sorted(transforms.REGISTRY))
+                known = ", ".join(
+                    sorted([*transforms.REGISTRY, *(f + "(...)" for f in transforms.FACTORIES)])
+                )
                 raise self.fail(
                     (*at, "transform"), f"unknown transform {rule['transform']!r} (known: {known})"
                 )
@@ -361,8 +368,8 @@ class MapCompiler:
             out.conceptmap = self.conceptmaps.get(rule["conceptmap"])
             if out.conceptmap is None:
                 raise self.fail((*at, "conceptmap"), f"unknown ConceptMap id {rule['conceptmap']!r}")
-        if "ref" in rule and rule["ref"] not in self.map_names:
-            raise self.fail((*at, "ref"), f"ref names no map: {rule['ref']!r}")
+        if "ref" in rule and rule["ref"] not in self.scopes:
+            raise self.fail((*at, "ref"), f"ref names no map (or scope): {rule['ref']!r}")
         if "source" in rule:
             text = rule["source"]
             out.from_root = text.startswith("$.")
@@ -431,7 +438,7 @@ class MapCompiler:
         fwd.line(2, f"_error(ctx.issues, 'required', {'no item id at ' + cmap.key!r}, loc)")
         fwd.line(2, "return None")
         fwd.line(1, "key = str(key)")
-        fwd.line(1, f"rid = ctx.id({cmap.name!r}, key)")
+        fwd.line(1, f"rid = ctx.id({cmap.scope!r}, key)")
         meta = (
             "{'source': _item_source(key)"
             + (f", 'profile': [{cmap.profile!r}]" if cmap.profile else "")

@@ -69,6 +69,7 @@ class _Resolver:
 
 
 _Assigned = tuple[int, dict[str, Any], CompiledMap, str]  # entry index, resource, its map, item id
+_Traced = tuple[tuple[str, str], str, dict[str, Any], str]  # (map name, item id), fullUrl, resource, scope
 
 
 @dataclass(slots=True)
@@ -100,9 +101,7 @@ class MappingSet:
         """Map a record (JSON-mode dict of a validated MunicipalRecord) to a collection Bundle."""
         return self._forward(record, None)
 
-    def _forward(
-        self, record: dict[str, Any], trace: list[tuple[tuple[str, str], str, dict[str, Any]]] | None
-    ) -> dict[str, Any]:
+    def _forward(self, record: dict[str, Any], trace: list[_Traced] | None) -> dict[str, Any]:
         muni = self.namespace_key(record)
         if muni is MISSING:
             raise UnmappableRecord(
@@ -132,7 +131,7 @@ class MappingSet:
                     url = "urn:uuid:" + rid
                     entries.append({"fullUrl": url, "resource": resource})
                     if trace is not None:
-                        trace.append(((cmap.name, key), url, resource))
+                        trace.append(((cmap.name, key), url, resource, cmap.scope))
         bundle: dict[str, Any] = {"resourceType": "Bundle"}
         for cmap in self.bundle_maps:
             for loc, item in cmap.items(record):
@@ -155,7 +154,7 @@ class MappingSet:
                 for _, item in cmap.items(record):
                     key = cmap.get_key(record if cmap.key_from_root else item)
                     if key is not MISSING:
-                        out[cmap.name] = str(key)
+                        out[cmap.scope] = str(key)
         return out
 
     # --- FHIR -> municipal
@@ -260,9 +259,9 @@ class MappingSet:
             assigned.append((i, resource, cmap, key))
             full_url = entry.get("fullUrl")
             if isinstance(full_url, str):
-                res.by_url[full_url] = (cmap.name, key)
+                res.by_url[full_url] = (cmap.scope, key)
             if isinstance(resource.get("id"), str):
-                res.by_url[f"{rtype}/{resource['id']}"] = (cmap.name, key)
+                res.by_url[f"{rtype}/{resource['id']}"] = (cmap.scope, key)
 
         return res, assigned, warnings
 
@@ -273,13 +272,13 @@ class MappingSet:
 
         ``reading`` (from ``read_bundle`` of the same Bundle) saves indexing the input a second time.
         """
-        trace: list[tuple[tuple[str, str], str, dict[str, Any]]] = []
+        trace: list[_Traced] = []
         try:
             again = self._forward(record, trace)
         except UnmappableRecord:
             return []
-        regenerated = {ident: resource for ident, _, resource in trace}
-        forward_refs = {url: ident for ident, url, _ in trace}
+        regenerated = {ident: resource for ident, _, resource, _ in trace}
+        forward_refs = {url: (scope, ident[1]) for ident, url, _, scope in trace}
         if reading is None:
             entries = bundle.get("entry") or []
             res, assigned, _ = self._assign(entries if isinstance(entries, list) else [])
@@ -394,6 +393,7 @@ def _diff(
 def compile_specs(specs: list[SpecFile], conceptmaps: dict[str, ConceptMap]) -> MappingSet:
     """Compile loaded specs into a MappingSet; a broken spec raises MappingSpecError."""
     names: dict[str, str] = {}
+    scopes = {m.get("scope", m["name"]) for spec in specs for m in spec.data["maps"]}
     for spec in specs:
         for i, m in enumerate(spec.data["maps"]):
             if m["name"] in names:
@@ -405,7 +405,7 @@ def compile_specs(specs: list[SpecFile], conceptmaps: dict[str, ConceptMap]) -> 
             names[m["name"]] = spec.name
     compiled: list[CompiledMap] = []
     for spec in specs:
-        compiler = MapCompiler(spec, conceptmaps, set(names))
+        compiler = MapCompiler(spec, conceptmaps, scopes)
         for i, m in enumerate(spec.data["maps"]):
             compiled.append(compiler.compile_map(i, m))
     compiled.sort(key=lambda m: (m.order, m.file))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bridge.municipal import fsiii
 
@@ -95,5 +97,129 @@ register(
 register("date-part", _date_part, None, "dateTime -> its date (one-way)")
 
 
+# ------------------------------------------------------------------------------------------ with arguments
+#: Transform families that take arguments in the spec: ``transform: "date-text(%d.%m.%Y)"``.
+Factory = Callable[[list[str]], Transform]
+FACTORIES: dict[str, tuple[Factory, str]] = {}
+
+
+def register_factory(name: str, factory: Factory, doc: str) -> None:
+    """Add a transform family; ``name(arg, ...)`` in a spec builds a Transform from the arguments."""
+    if name in FACTORIES or name in REGISTRY:
+        raise ValueError(f"transform {name!r} is registered twice")
+    FACTORIES[name] = (factory, doc)
+
+
+def _date_text(args: list[str]) -> Transform:
+    if len(args) != 1:
+        raise ValueError("date-text takes one argument: the strftime format of the text, e.g. %d.%m.%Y")
+    fmt = args[0]
+
+    def forward(value: Any) -> str:
+        try:
+            return dt.datetime.strptime(str(value), fmt).date().isoformat()
+        except ValueError as exc:
+            raise TransformError(f"{value!r} is not a date written {fmt}") from exc
+
+    def inverse(value: Any) -> str:
+        try:
+            return dt.date.fromisoformat(str(value)[:10]).strftime(fmt)
+        except ValueError as exc:
+            raise TransformError(f"{value!r} is not a FHIR date") from exc
+
+    return Transform(f"date-text({fmt})", forward, inverse, "text date <-> FHIR date")
+
+
+def _datetime_text(args: list[str]) -> Transform:
+    if len(args) != 2:
+        raise ValueError(
+            "datetime-text takes two arguments: the strftime format and the time zone of the text"
+        )
+    fmt, zone_name = args
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {zone_name!r}") from exc
+
+    def forward(value: Any) -> str:
+        try:
+            local = dt.datetime.strptime(str(value), fmt)
+        except ValueError as exc:
+            raise TransformError(f"{value!r} is not a time written {fmt}") from exc
+        return local.replace(tzinfo=zone).isoformat()
+
+    def inverse(value: Any) -> str:
+        try:
+            moment = dt.datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise TransformError(f"{value!r} is not a FHIR dateTime") from exc
+        if moment.tzinfo is None:
+            raise TransformError(f"{value!r} has no time zone")
+        return moment.astimezone(zone).strftime(fmt)
+
+    return Transform(
+        f"datetime-text({fmt}, {zone_name})",
+        forward,
+        inverse,
+        "local text time <-> FHIR dateTime with offset",
+    )
+
+
+def _boolean_text(args: list[str]) -> Transform:
+    if len(args) != 2:
+        raise ValueError("boolean-text takes two arguments: the text for true and the text for false")
+    yes, no = args
+
+    def forward(value: Any) -> bool:
+        if value == yes:
+            return True
+        if value == no:
+            return False
+        raise TransformError(f"{value!r} is neither {yes!r} nor {no!r}")
+
+    def inverse(value: Any) -> str:
+        if not isinstance(value, bool):
+            raise TransformError(f"{value!r} is not a boolean")
+        return yes if value else no
+
+    return Transform(f"boolean-text({yes}, {no})", forward, inverse, "text <-> boolean")
+
+
+def _words(args: list[str]) -> Transform:
+    if args:
+        raise ValueError("words takes no arguments")
+
+    def forward(value: Any) -> list[str]:
+        return str(value).split()
+
+    def inverse(value: Any) -> str:
+        if not isinstance(value, list):
+            raise TransformError(f"{value!r} is not a list of words")
+        return " ".join(str(v) for v in value)
+
+    return Transform("words", forward, inverse, "'Inger Marie' <-> ['Inger', 'Marie']")
+
+
+register_factory(
+    "date-text", _date_text, "date-text(FORMAT): a date written as text (strftime FORMAT) <-> FHIR date"
+)
+register_factory(
+    "datetime-text",
+    _datetime_text,
+    "datetime-text(FORMAT, ZONE): a local time written as text <-> FHIR dateTime with the zone's offset",
+)
+register_factory("boolean-text", _boolean_text, "boolean-text(YES, NO): two texts <-> true / false")
+register_factory("words", _words, "words(): space-separated words <-> a list of words")
+
+
 def get(name: str) -> Transform | None:
-    return REGISTRY.get(name)
+    """A transform by its spec text: a registered name, or ``family(arg, ...)``. Raises ValueError for
+    a family with unusable arguments; None when nothing has that name."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    family, paren, rest = name.partition("(")
+    family = family.strip()
+    if family in FACTORIES and (not paren or rest.endswith(")")):
+        args = [a.strip() for a in rest[:-1].split(",")] if paren and rest[:-1].strip() else []
+        return FACTORIES[family][0](args)
+    return None
