@@ -302,6 +302,8 @@ def serve(
 
     A worker (--role worker) serves only /healthz and /readyz over HTTP.
     """
+    import signal
+
     import uvicorn
 
     from bridge.app import create_app
@@ -313,6 +315,11 @@ def serve(
     if settings is None:
         _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
     store = open_store(settings.store.url)
+    # uvicorn handles SIGTERM/SIGINT (graceful stop), then raises the signal again against the handlers
+    # found before it started; these note it instead, so a requested stop ends with exit code 0.
+    stops: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stops.append(received))
     try:
         web = create_app(settings, store, SystemClock(), role=role.value)
         server = uvicorn.Server(
