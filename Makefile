@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean venv
+.PHONY: run demo test lint typecheck pytest bench bench-service clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## make run: translate the example records to FHIR and back (the demo until the service runs)
+## make run: the bridge service with examples/bridge.yaml and simulated peers on loopback; Ctrl-C stops
 run: $(STAMP)
-	$(BIN)/python -m bridge.demo examples
+	$(BIN)/python -m bridge.demo --config examples/bridge.yaml
+
+## make demo: translate the example records to FHIR and back
+demo: $(STAMP)
+	$(BIN)/python -m bridge.demo translate examples
 
 ## make test: ruff, mypy --strict and the whole test suite
 test: $(STAMP) lint typecheck pytest
@@ -35,6 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/translate.py
 	$(BIN)/python benchmarks/medcom_validate.py
 	$(BIN)/python benchmarks/outbox_sqlite.py
+
+## make bench-service: the service benchmark (accepts, latency, deliveries, floors, RSS), JSON on stdout
+bench-service: $(STAMP)
+	$(BIN)/python benchmarks/service.py --queued 20000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

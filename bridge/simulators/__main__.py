@@ -38,6 +38,14 @@ def _party(args: argparse.Namespace, default: Party) -> Party:
     return Party(name=args.name or default.name, sor=args.sor, gln=args.gln)
 
 
+def _receivers(args: argparse.Namespace, default: Party) -> list[Party]:
+    found = []
+    for text in args.to:
+        sor, _, gln = str(text).partition("/")
+        found.append(Party(sor=sor or None, gln=gln or None))
+    return found or [default]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bridge.simulators", description=__doc__.split("\n")[0])
     parser.add_argument("role", choices=("hospital", "municipality"))
@@ -49,8 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="organisation name (with --sor/--gln)")
     parser.add_argument("--sor", help="this system's SOR id (default: MedCom's test organisation)")
     parser.add_argument("--gln", help="this system's GLN")
-    parser.add_argument("--peer-sor", help="SOR id of the other side (receiver of what this system sends)")
-    parser.add_argument("--peer-gln", help="GLN of the other side")
+    parser.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="SOR[/GLN]",
+        help="an organisation this system sends to (repeatable; the hospital takes turns)",
+    )
     parser.add_argument("--send", type=int, default=0, help="hospital: admit and discharge N citizens")
     parser.add_argument("--first-citizen", type=int, default=0, help="number of the first synthetic citizen")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between sends")
@@ -65,17 +78,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _hospital_loop(args: argparse.Namespace, client: BridgeClient, stop: threading.Event) -> None:
     me = _party(args, traffic.HOSPITAL_UNIT)
-    municipality = (
-        Party(sor=args.peer_sor, gln=args.peer_gln)
-        if args.peer_sor or args.peer_gln
-        else traffic.HERLEV_MUNICIPALITY
-    )
+    receivers = _receivers(args, traffic.HERLEV_MUNICIPALITY)
     if stop.wait(args.start_delay):
         return
     admitted: list[tuple[HospitalStayEvent, str]] = []
+
+    def discharge_oldest() -> None:
+        event, hid = admitted.pop(0)
+        message = traffic.notification(traffic.discharge(event, hid))
+        status = client.post_fhir(message)
+        _say("hospital", f"sent discharge (SLHJ) {traffic.header_id(message)[:8]}: HTTP {status}")
+
+    # Two citizens stay admitted at a time: each admission is followed later by its discharge.
     for i in range(args.send):
         n = args.first_citizen + i
-        event = traffic.admission(n, hospital=me, municipality=municipality)
+        event = traffic.admission(n, hospital=me, municipality=receivers[i % len(receivers)])
         message = traffic.notification(event)
         status = client.post_fhir(message)
         _say(
@@ -85,23 +102,20 @@ def _hospital_loop(args: argparse.Namespace, client: BridgeClient, stop: threadi
         admitted.append((event, traffic.header_id(message)))
         if stop.wait(args.interval):
             return
-    for event, hid in admitted:
-        message = traffic.notification(traffic.discharge(event, hid))
-        status = client.post_fhir(message)
-        _say("hospital", f"sent discharge (SLHJ) {traffic.header_id(message)[:8]}: HTTP {status}")
-        if stop.wait(args.interval):
-            return
+        if len(admitted) > 2:
+            discharge_oldest()
+            if stop.wait(args.interval):
+                return
+    while admitted and not stop.is_set():
+        discharge_oldest()
+        stop.wait(args.interval)
 
 
 def _municipality_loop(
     args: argparse.Namespace, client: BridgeClient, work: queue.Queue[Received], stop: threading.Event
 ) -> None:
     me = _party(args, traffic.HERLEV_MUNICIPALITY if args.speaks == "fhir" else traffic.REHAB_MUNICIPALITY)
-    hospital = (
-        Party(sor=args.peer_sor, gln=args.peer_gln)
-        if args.peer_sor or args.peer_gln
-        else traffic.HOSPITAL_UNIT
-    )
+    hospital = _receivers(args, traffic.HOSPITAL_UNIT)[0]
     while not stop.is_set():
         try:
             received = work.get(timeout=0.2)
@@ -137,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     work: queue.Queue[Received] = queue.Queue()
 
     def on_message(received: Received) -> None:
-        what = received.code or received.kind
+        code = f" {received.code}" if received.code else ""
         flag = "" if received.valid else " - INVALID: " + "; ".join(received.problems[:2])
-        _say(role, f"received {received.kind} {what} {received.header_id[:8]}{flag}")
+        _say(role, f"received {received.kind}{code} {received.header_id[:8]}{flag}")
         if role == "municipality" and args.reply and _is_admission(received):
             work.put(received)
 
