@@ -112,7 +112,12 @@ def test_a_response_body_that_is_no_receipt_is_ignored(make_bed: Callable[..., B
 def test_the_background_loop_delivers_and_wakes_on_notify(make_bed: Callable[..., Bed]) -> None:
     bed = make_bed(dispatcher={"poll_interval": "10s"})
     got: list[str] = []
-    transport = mock(lambda r: (got.append(json.loads(r.content)["id"]), httpx.Response(200))[1])
+
+    def record(request: httpx.Request) -> httpx.Response:
+        got.append(json.loads(request.content)["id"])
+        return httpx.Response(200)
+
+    transport = mock(record)
     dispatcher = bed.dispatcher(transport=transport)
     dispatcher.start()
     try:
@@ -135,5 +140,10 @@ def test_the_loop_survives_an_unavailable_store_and_stops(make_bed: Callable[...
     dispatcher.start()
     time.sleep(0.1)
     stopped = threading.Event()
-    threading.Thread(target=lambda: (dispatcher.stop(timeout=1), stopped.set()), daemon=True).start()
+
+    def stop() -> None:
+        dispatcher.stop(timeout=1)
+        stopped.set()
+
+    threading.Thread(target=stop, daemon=True).start()
     assert stopped.wait(5)
