@@ -530,7 +530,7 @@ class Dispatcher:
 
     def _queue_receipt(self, message_id: str, receiver: str, code: AckCode, reason: str = "") -> None:
         try:
-            queue_receipt(
+            queued = queue_receipt(
                 self._settings,
                 self._store,
                 self._clock,
@@ -539,6 +539,8 @@ class Dispatcher:
                 code=code,
                 reason=reason,
             )
+            if queued is not None and queued.accepted:
+                self._wake.set()  # the receipt is due at once; do not wait for the next poll
         except StoreError as exc:
             log.warning("message %s: %s receipt not queued (%s)", message_id, code, type(exc).__name__)
 
