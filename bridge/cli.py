@@ -338,6 +338,57 @@ def serve(
         store.close()
 
 
+db_app = typer.Typer(help="Work with the outbox database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _redacted(url: str) -> str:
+    """A store URL fit for a log line: the password, if any, replaced by ***."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The configuration file (YAML); uses store.url")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="The store URL (sqlite:///... or postgresql://...)")
+    ] = None,
+) -> None:
+    """Apply pending schema migrations to the outbox database; safe to run from several nodes at once."""
+    from bridge.outbox import StoreError, open_store
+    from bridge.settings import check_settings_file
+
+    if (config is None) == (url is None):
+        _fail("give exactly one of --config FILE or --url URL", EXIT_USAGE)
+    if config is not None:
+        settings, outcome = check_settings_file(config)
+        if settings is None:
+            _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+        url = settings.store.url
+    assert url is not None
+    try:
+        store = open_store(url, migrate=False)
+    except ValueError as exc:
+        _fail(f"invalid store URL: {exc}", EXIT_INVALID)
+    except StoreError as exc:
+        _fail(f"cannot open the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+    try:
+        applied = store.migrate()
+    except StoreError as exc:
+        _fail(f"cannot upgrade the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+    finally:
+        store.close()
+    sys.stdout.write(f"ok: {_redacted(url)}: {applied} migration(s) applied, the schema is up to date\n")
+
+
 def main() -> None:
     """Console entry point: run the app; turn any escaped error into one line and an exit code."""
     try:

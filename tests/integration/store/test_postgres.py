@@ -4,16 +4,21 @@ and order under concurrency across connections (as several bridge processes woul
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from bridge.clock import FakeClock
 from bridge.outbox import open_store
@@ -524,3 +529,63 @@ def test_two_appenders_keep_one_audit_chain(server: str, schema: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+# -- fhir-bridge db upgrade ----------------------------------------------------------------------------
+
+PROJECT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent / "fhir-bridge"
+COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "bridge.cli"]
+ENV = {
+    "BRIDGE_CITIZEN_KEY_SECRET": "db-upgrade-test-secret-0123456789abcdef",
+    "HERLEV_OUTBOUND_TOKEN": "db-upgrade-test-token",
+}
+
+
+def fhir_bridge(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **ENV}
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_db_upgrade_by_url_and_by_config(server: str, schema: str, tmp_path: Path) -> None:
+    url = url_for(server, schema)
+    first = fhir_bridge("db", "upgrade", "--url", url)
+    assert first.returncode == 0, first.stderr
+    assert f"{len(load_migrations('postgres'))} migration(s) applied" in first.stdout
+    with admin(server) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchall()
+    assert {"messages", "deliveries", "audit", "schema_version"} <= {t[0] for t in tables}
+
+    config = yaml.safe_load((PROJECT / "examples" / "bridge.yaml").read_text(encoding="utf-8"))
+    config["store"]["url"] = url
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    again = fhir_bridge("db", "upgrade", "--config", str(path))
+    assert again.returncode == 0, again.stderr
+    assert "0 migration(s) applied" in again.stdout
+
+    lite = fhir_bridge("db", "upgrade", "--url", f"sqlite:///{tmp_path}/x.db")
+    assert lite.returncode == 0 and "1 migration(s) applied" in lite.stdout
+
+
+def test_db_upgrade_refusals(tmp_path: Path) -> None:
+    neither = fhir_bridge("db", "upgrade")
+    assert neither.returncode == 2 and "exactly one of" in neither.stderr
+    both = fhir_bridge("db", "upgrade", "--url", "sqlite:///x.db", "--config", "bridge.yaml")
+    assert both.returncode == 2
+    bad_url = fhir_bridge("db", "upgrade", "--url", "mysql://db/bridge")
+    assert bad_url.returncode == 1 and "unsupported store URL" in bad_url.stderr
+    down = fhir_bridge(
+        "db", "upgrade", "--url", "postgresql://bridge:s3cret@127.0.0.1:1/bridge?pool_timeout=0.3"
+    )
+    assert down.returncode == 2 and "no connection" in down.stderr
+    assert "s3cret" not in down.stderr + down.stdout  # the password never reaches the terminal
+    bad_config = tmp_path / "bridge.yaml"
+    bad_config.write_text("version: 1\nstore: {url: 'mysql://db/x'}\n", encoding="utf-8")
+    invalid = fhir_bridge("db", "upgrade", "--config", str(bad_config))
+    assert invalid.returncode == 1 and "store.url" in invalid.stdout
