@@ -56,6 +56,8 @@ class CompiledMap:
     where: list[tuple[paths.Getter, paths.Setter, Any]]
     match: list[tuple[paths.Getter, Any]]
     where_keys: tuple[str, ...] = ()  # the record fields ``where`` reads
+    attach: paths.Getter | None = None  # FHIR -> municipal: merge into the item this Reference points at
+    attach_path: str = ""
     forward: Forward | None = None
     reverse: Reverse | None = None
     make: Make | None = None  # the whole resource: id, meta and the forward rules
@@ -322,6 +324,9 @@ class MapCompiler:
             match=match,
             where_keys=tuple(data.get("where") or ()),
         )
+        if "attach" in data:
+            cmap.attach = paths.compile_getter(self.steps(data["attach"], (*at, "attach")))
+            cmap.attach_path = data["attach"]
         rules = [self.check_rule(r, (*at, "rules", i), cmap, "", "") for i, r in enumerate(data["rules"])]
         self.generate(cmap, rules, key_steps)
         return cmap

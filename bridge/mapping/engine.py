@@ -195,7 +195,12 @@ class MappingSet:
                 cmap.reverse(bundle, item, record, res, "Bundle")
             if item:
                 _merge(cmap.get_source(record), item, cmap, record)
+        by_identity: dict[tuple[str, str], dict[str, Any]] = {}
+        attached: list[tuple[int, dict[str, Any], CompiledMap, str]] = []
         for i, resource, cmap, key in assigned:
+            if cmap.attach is not None:
+                attached.append((i, resource, cmap, key))  # after the items they attach to exist
+                continue
             item = {}
             for _, set_where, want in cmap.where:
                 if want != "*":
@@ -215,8 +220,29 @@ class MappingSet:
                         current = []
                         cmap.set_source(record, current)
                     current.append(item)
+                by_identity[(cmap.scope, key)] = bucket[key]
             else:
                 _merge(cmap.get_source(record), item, cmap, record)
+        for i, resource, cmap, _key in attached:
+            assert cmap.attach is not None
+            where = f"Bundle.entry[{i}].resource"
+            ref = cmap.attach(resource)
+            target = res.resolve(ref.get("reference") if isinstance(ref, dict) else None)
+            host = by_identity.get(target) if target is not None else None
+            if host is None:
+                res.issues.append(
+                    Issue(
+                        "error",
+                        "not-found",
+                        "the resource it belongs to is not in the Bundle",
+                        (f"{where}.{cmap.attach_path}",),
+                    )
+                )
+                continue
+            item = {}
+            if cmap.reverse is not None:
+                cmap.reverse(resource, item, record, res, where)
+            host.update(item)
         if res.issues:
             raise UnmappableRecord(Outcome(res.issues))
         return BundleReading(record, warnings, res, assigned)
@@ -277,7 +303,7 @@ class MappingSet:
             again = self._forward(record, trace)
         except UnmappableRecord:
             return []
-        regenerated = {ident: resource for ident, _, resource, _ in trace}
+        regenerated = {(scope, ident[1]): resource for ident, _, resource, scope in trace}
         forward_refs = {url: (scope, ident[1]) for ident, url, _, scope in trace}
         if reading is None:
             entries = bundle.get("entry") or []
@@ -287,7 +313,7 @@ class MappingSet:
         input_refs = res.by_url
         pairs: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         for i, resource, cmap, key in assigned:
-            other = regenerated.get((cmap.name, key))
+            other = regenerated.get((cmap.scope, key))
             if other is not None:
                 pairs.append((i, resource, other))
         issues: list[Issue] = []

@@ -88,13 +88,32 @@ class LoadedSet:
         return document, outcome
 
 
+_IDENTIFIER_CHECKS: dict[str, Callable[[str], str | None]] = {}
+
+
 def check_output(bundle: dict[str, Any]) -> Outcome:
-    """The checks every produced Bundle must pass: FHIR R4 structure and the KL Gateway rules."""
+    """The checks every produced Bundle must pass: FHIR R4 structure, the KL Gateway rules, and the
+    Danish identifiers (a CPR with a real date, a replacement number, a GLN with its check digit)."""
+    from bridge.fhir import identifiers as ids
     from bridge.fhir.klgateway import check_bundle
     from bridge.fhir.validate import validate_resource
 
+    if not _IDENTIFIER_CHECKS:
+        _IDENTIFIER_CHECKS.update(
+            {ids.CPR_SYSTEM: ids.check_cpr, ids.XECPR_SYSTEM: ids.check_replacement_cpr}
+        )
+        _IDENTIFIER_CHECKS.update({system: ids.check_gln for system in ids.GLN_SYSTEMS})
     outcome = validate_resource(bundle)
     outcome.extend(check_bundle(bundle).issues)
+    for i, entry in enumerate(bundle.get("entry") or []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        for j, identifier in enumerate((resource or {}).get("identifier") or []):
+            check = _IDENTIFIER_CHECKS.get(identifier.get("system")) if isinstance(identifier, dict) else None
+            problem = check(str(identifier.get("value", ""))) if check else None
+            if problem:
+                outcome.add(
+                    Issue("error", "value", problem, (f"Bundle.entry[{i}].resource.identifier[{j}].value",))
+                )
     return outcome
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bridge.fhir import identifiers as ids
 from bridge.municipal import fsiii
 
 
@@ -80,6 +81,16 @@ def _condition_kind(code: Any) -> str:
     return kind
 
 
+def _person_identifier_system(value: Any) -> str:
+    """The DK-core identifier system of a Danish person number: CPR, or X-eCPR for a replacement number."""
+    text = str(value)
+    if ids.check_cpr(text) is None:
+        return ids.CPR_SYSTEM
+    if ids.check_replacement_cpr(text) is None:
+        return ids.XECPR_SYSTEM
+    raise TransformError(f"{text!r} is neither a CPR number nor a replacement number")
+
+
 def _date_part(value: Any) -> str:
     """A dateTime's date; a date stays a date."""
     return str(value)[:10]
@@ -95,6 +106,12 @@ register(
     "fsiii-condition-kind", _condition_kind, None, "FSIII condition code -> nursing | home-care (one-way)"
 )
 register("date-part", _date_part, None, "dateTime -> its date (one-way)")
+register(
+    "dk-person-identifier-system",
+    _person_identifier_system,
+    None,
+    "Danish person number -> its identifier system: CPR, or X-eCPR for a replacement number (one-way)",
+)
 
 
 # ------------------------------------------------------------------------------------------ with arguments
