@@ -108,7 +108,8 @@ def check_output(bundle: dict[str, Any]) -> Outcome:
     for i, entry in enumerate(bundle.get("entry") or []):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         for j, identifier in enumerate((resource or {}).get("identifier") or []):
-            check = _IDENTIFIER_CHECKS.get(identifier.get("system")) if isinstance(identifier, dict) else None
+            system = identifier.get("system") if isinstance(identifier, dict) else None
+            check = _IDENTIFIER_CHECKS.get(system) if isinstance(system, str) else None
             problem = check(str(identifier.get("value", ""))) if check else None
             if problem:
                 outcome.add(
