@@ -25,11 +25,17 @@ CANONICAL = "municipal-v1"
 
 
 def mappings_root() -> Path:
-    """The folder holding the mapping sets: ``$BRIDGE_MAPPINGS_DIR``, else the project's ``mappings/``."""
+    """The folder holding the mapping sets: ``$BRIDGE_MAPPINGS_DIR``, else the project's ``mappings/``.
+
+    An installed bridge (a wheel, no project folder around it) uses the copy the build put into the
+    package, ``bridge/_mappings/``.
+    """
     configured = os.environ.get(MAPPINGS_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "mappings"
+    package = Path(__file__).resolve().parent
+    project = package.parent / "mappings"
+    return project if project.is_dir() else package / "_mappings"
 
 
 def default_mappings_dir() -> Path:
