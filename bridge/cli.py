@@ -97,6 +97,10 @@ def translate(
         ),
     ] = None,
     mappings: MappingsOpt = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option("--mapping", help="The municipal format (mapping set), e.g. borgerjournal-v1"),
+    ] = None,
 ) -> None:
     """Translate municipal JSON to FHIR, or FHIR to municipal JSON.
 
@@ -107,6 +111,9 @@ def translate(
     from bridge.translate import fhir_to_municipal, mapping_set, municipal_to_fhir
 
     body = _read(source)
+    if mapping is not None and mapping != "municipal-v1":
+        _translate_with_set(body, mapping, to, fmt)
+        return
     try:
         ms = mapping_set(mappings)
     except MappingSpecError as exc:
@@ -127,6 +134,37 @@ def translate(
     if outcome.issues:
         sys.stderr.write(
             f"fhir-bridge: warning: {len(outcome.issues)} element(s) not kept in the municipal record\n"
+            + json.dumps(outcome.to_fhir(), indent=2, ensure_ascii=False)
+            + "\n"
+        )
+
+
+def _translate_with_set(body: bytes, name: str, to: Target, fmt: FhirFormat | None) -> None:
+    from bridge.fhir.parse import parse_fhir, parse_json, sniff_format, to_xml
+    from bridge.translate import loaded_set
+
+    try:
+        chosen = loaded_set(name)
+    except MappingSpecError as exc:
+        _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
+    except InvalidInput as exc:
+        _fail(exc.outcome.summary(), EXIT_USAGE)
+    try:
+        if to is Target.fhir:
+            bundle = chosen.to_fhir(parse_json(body))
+            if fmt is FhirFormat.xml:
+                sys.stdout.write(to_xml(bundle).decode("utf-8") + "\n")
+            else:
+                _write_json(bundle)
+            return
+        in_fmt = fmt.value if fmt is not None else sniff_format(body, None)
+        document, outcome = chosen.to_municipal(parse_fhir(body, in_fmt))
+    except InvalidInput as exc:
+        _invalid(exc)
+    _write_json(document)
+    if outcome.issues:
+        sys.stderr.write(
+            f"fhir-bridge: warning: {len(outcome.issues)} element(s) not kept in the {name} document\n"
             + json.dumps(outcome.to_fhir(), indent=2, ensure_ascii=False)
             + "\n"
         )

@@ -116,6 +116,32 @@ def fhir_to_record(
     return record, outcome
 
 
+# ------------------------------------------------------------------------------------------ mapping sets
+_sets: tuple[str, dict[str, Any]] | None = None
+
+
+def mapping_sets(*, reload: bool = False) -> dict[str, Any]:
+    """Every mapping set under ``mappings_root()`` by name (``LoadedSet``), loaded once."""
+    from bridge.mapping.registry import load_all
+
+    global _sets
+    root = str(mappings_root().resolve())
+    if reload or _sets is None or _sets[0] != root:
+        _sets = (root, load_all(Path(root)))
+    return _sets[1]
+
+
+def loaded_set(name: str) -> Any:
+    """The mapping set ``name``; an unknown name is an input error naming the known ones."""
+    sets = mapping_sets()
+    if name not in sets:
+        known = ", ".join(sorted(sets))
+        raise InvalidInput(
+            [Issue("error", "not-supported", f"unknown mapping {name!r}; one of {known}", ("mapping",))]
+        )
+    return sets[name]
+
+
 # ------------------------------------------------------------------------------------------ any kind
 #: The municipal JSON formats the bridge translates, by their ``format`` field.
 MUNICIPAL_FORMATS = ("municipal-v1", "hospital-stay-event-v1", "correspondence-v1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,14 +128,50 @@ def register_factory(name: str, factory: Factory, doc: str) -> None:
     FACTORIES[name] = (factory, doc)
 
 
+_FIELDS = {
+    "%d": r"(?P<d>\d{2})",
+    "%m": r"(?P<m>\d{2})",
+    "%Y": r"(?P<Y>\d{4})",
+    "%H": r"(?P<H>\d{2})",
+    "%M": r"(?P<M>\d{2})",
+    "%S": r"(?P<S>\d{2})",
+}
+
+
+def _text_parser(fmt: str) -> Callable[[str], dt.datetime]:
+    """A parser for a strftime format: a compiled regex when it uses only %d %m %Y %H %M %S (strptime is
+    slow), else strptime itself."""
+    parts = re.split(r"(%.)", fmt)
+    if any(p.startswith("%") and p not in _FIELDS for p in parts):
+        return lambda text: dt.datetime.strptime(text, fmt)
+    pattern = re.compile("".join(_FIELDS.get(p, re.escape(p)) for p in parts))
+
+    def parse(text: str) -> dt.datetime:
+        found = pattern.fullmatch(text)
+        if found is None:
+            raise ValueError(f"{text!r} does not match {fmt}")
+        g = found.groupdict()
+        return dt.datetime(
+            int(g["Y"]),
+            int(g.get("m") or 1),
+            int(g.get("d") or 1),
+            int(g.get("H") or 0),
+            int(g.get("M") or 0),
+            int(g.get("S") or 0),
+        )
+
+    return parse
+
+
 def _date_text(args: list[str]) -> Transform:
     if len(args) != 1:
         raise ValueError("date-text takes one argument: the strftime format of the text, e.g. %d.%m.%Y")
     fmt = args[0]
+    parse = _text_parser(fmt)
 
     def forward(value: Any) -> str:
         try:
-            return dt.datetime.strptime(str(value), fmt).date().isoformat()
+            return parse(str(value)).date().isoformat()
         except ValueError as exc:
             raise TransformError(f"{value!r} is not a date written {fmt}") from exc
 
@@ -158,9 +195,11 @@ def _datetime_text(args: list[str]) -> Transform:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {zone_name!r}") from exc
 
+    parse = _text_parser(fmt)
+
     def forward(value: Any) -> str:
         try:
-            local = dt.datetime.strptime(str(value), fmt)
+            local = parse(str(value))
         except ValueError as exc:
             raise TransformError(f"{value!r} is not a time written {fmt}") from exc
         return local.replace(tzinfo=zone).isoformat()
