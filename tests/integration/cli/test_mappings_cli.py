@@ -1,4 +1,4 @@
-"""`fhir-bridge mappings test` and `coverage` through a real subprocess: exit codes, diffs, JUnit XML, --update."""
+"""`fhir-bridge mappings test` and `coverage` in a subprocess: exit codes, diffs, JUnit XML, --update."""
 
 from __future__ import annotations
 
