@@ -41,6 +41,7 @@ from bridge.municipal.events import HospitalStayEvent
 from bridge.outbox.keys import citizen_key
 from bridge.outbox.port import (
     AcceptResult,
+    Admission,
     Duplicate,
     MessageRecord,
     NewDelivery,
@@ -257,6 +258,17 @@ def _json_dump(model: Any) -> bytes:
     return str(model.model_dump_json(exclude_none=True)).encode("utf-8")
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated, routed and translated message, ready for ``Ingress.commit``."""
+
+    caller: System
+    message: NewMessage
+    deliveries: list[NewDelivery]
+    receivers: tuple[Receiver, ...]
+    admission: Admission | None = None
+
+
 # ------------------------------------------------------------------------------------------ the pipeline
 @dataclass
 class Ingress:
@@ -280,6 +292,16 @@ class Ingress:
         self, caller: System, body: bytes, content_type: str | None, accept: str | None = None
     ) -> Reply:
         """Accept a MedCom message POSTed to ``$process-message`` (JSON or XML)."""
+        prepared = self.prepare_message(caller, body, content_type, accept)
+        return prepared if isinstance(prepared, Reply) else self.commit(prepared)
+
+    def prepare_message(
+        self, caller: System, body: bytes, content_type: str | None, accept: str | None = None
+    ) -> Reply | Prepared:
+        """Everything before the commit: parse, validate, authorise, look up duplicates, route and
+        translate. Returns the answer at once (a duplicate, a received Acknowledgement) or what
+        ``commit`` stores. Only short reads touch the store here; the service runs this step on its
+        event loop and hands ``commit`` - the fsync'd writes - to a worker thread."""
         fmt = request_format(content_type, body)
         check_size(len(body), self.settings.limits.max_body_bytes)
         bundle, kind = validated_message(body, fmt, self.settings)
@@ -292,44 +314,52 @@ class Ingress:
         if found is not None:
             return duplicate_reply(found, caller, bundle_id, header_id)
         receivers = medcom_receivers(self.settings, bundle)
-        number = patient_number(bundle)
-        key = self.citizen_key(number)
+        key = self.citizen_key(patient_number(bundle))
         event: HospitalStayEvent | None = None
+        previous: Admission | None = None
         if kind == KIND_HOSPITAL_NOTIFICATION:
-            event = self._event(bundle, key)
+            previous = self.store.current_admission(key) if key is not None else None
+            event = self._event(bundle, previous)
         wire = body if fmt == "json" else orjson.dumps(bundle)
         deliveries = [self._medcom_delivery(r.system, kind, bundle, wire, event) for r in receivers]
         message_id = str(uuid.uuid4())
         response, _ = render(accepted_outcome(message_id, header_id, receivers), answer_format(accept, fmt))
-        result = self._accept(
-            NewMessage(
-                bundle_id=bundle_id,
-                header_id=header_id,
-                sender=caller.id,
-                kind=kind,
-                citizen_key=key,
-                payload=body,
-                content_type=FHIR_XML if fmt == "xml" else FHIR_JSON,
-                received_at=self.clock.now(),
-                response=response,
-                id=message_id,
-            ),
-            deliveries,
-            receivers,
+        message = NewMessage(
+            bundle_id=bundle_id,
+            header_id=header_id,
+            sender=caller.id,
+            kind=kind,
+            citizen_key=key,
+            payload=body,
+            content_type=FHIR_XML if fmt == "xml" else FHIR_JSON,
+            received_at=self.clock.now(),
+            response=response,
+            id=message_id,
         )
-        if not result.accepted:
-            return duplicate_reply(
-                Duplicate(result.duplicate or "same", result.message), caller, bundle_id, header_id
-            )
+        admission = None
         if event is not None and key is not None:
+            admission = admission_from_event(event, hospital=caller.id, citizen_key=key)
+            if previous is not None and previous.since >= admission.since:
+                admission = None  # not newer than what is known: the store would keep its state anyway
+        return Prepared(caller, message, deliveries, tuple(receivers), admission)
+
+    def commit(self, prepared: Prepared) -> Reply:
+        """Store a prepared message with its deliveries and audit record in one transaction; then
+        record the admission it tells. Answers 200 only after the commit."""
+        message = prepared.message
+        result = self._accept(message, prepared.deliveries, prepared.receivers)
+        if not result.accepted:
+            found = Duplicate(result.duplicate or "same", result.message)
+            return duplicate_reply(found, prepared.caller, message.bundle_id, message.header_id)
+        if prepared.admission is not None:
             # After the commit: a lost update only delays routing of later records, it loses nothing.
-            self.store.set_admission(admission_from_event(event, hospital=caller.id, citizen_key=key))
+            self.store.set_admission(prepared.admission)
+        response = message.response
         return Reply(200, response, FHIR_XML if response[:1] == b"<" else FHIR_JSON)
 
-    def _event(self, bundle: dict[str, Any], key: str | None) -> HospitalStayEvent:
+    def _event(self, bundle: dict[str, Any], previous: Admission | None) -> HospitalStayEvent:
         from bridge.medcom.hospital_notification import to_event
 
-        previous = self.store.current_admission(key) if key is not None else None
         return to_event(bundle, previously_deceased=previous is not None and previous.status == "deceased")
 
     def _medcom_delivery(

@@ -13,7 +13,7 @@ from bridge import __version__
 from bridge.api.deps import SystemCaller, ingress_of, read_body, settings_of
 from bridge.api.errors import error_responses
 from bridge.errors import InvalidInput
-from bridge.ingress import FHIR_JSON, FHIR_XML, answer_format, render
+from bridge.ingress import FHIR_JSON, FHIR_XML, Reply, answer_format, render
 from bridge.medcom import acknowledgement, care_communication, hospital_notification
 from bridge.settings import Settings
 
@@ -154,13 +154,15 @@ async def process_message(request: Request, caller: SystemCaller) -> Response:
     ingress = ingress_of(request)
     body = await read_body(request, settings_of(request).limits.max_body_bytes)
     try:
-        reply = await anyio.to_thread.run_sync(
-            ingress.process_message,
-            caller,
-            body,
-            request.headers.get("content-type"),
-            request.headers.get("accept"),
+        # Validation is pure CPU work under the GIL: a thread would only add hand-offs. The commit
+        # waits on fsync, so it runs in a worker thread while the loop takes the next request.
+        prepared = ingress.prepare_message(
+            caller, body, request.headers.get("content-type"), request.headers.get("accept")
         )
+        if isinstance(prepared, Reply):
+            reply = prepared
+        else:
+            reply = await anyio.to_thread.run_sync(ingress.commit, prepared)
     except InvalidInput as exc:
         await anyio.to_thread.run_sync(ingress.record_refusal, caller, exc)
         raise
