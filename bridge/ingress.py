@@ -269,6 +269,14 @@ class Prepared:
     admission: Admission | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedAcknowledgement:
+    """A validated Acknowledgement from ``caller``, for the receipt handling in ``Ingress.commit``."""
+
+    caller: System
+    bundle: dict[str, Any]
+
+
 # ------------------------------------------------------------------------------------------ the pipeline
 @dataclass
 class Ingress:
@@ -297,7 +305,7 @@ class Ingress:
 
     def prepare_message(
         self, caller: System, body: bytes, content_type: str | None, accept: str | None = None
-    ) -> Reply | Prepared:
+    ) -> Reply | Prepared | ReceivedAcknowledgement:
         """Everything before the commit: parse, validate, authorise, look up duplicates, route and
         translate. Returns the answer at once (a duplicate, a received Acknowledgement) or what
         ``commit`` stores. Only short reads touch the store here; the service runs this step on its
@@ -308,7 +316,7 @@ class Ingress:
         authorise_sender(caller, bundle)
         if kind == KIND_ACKNOWLEDGEMENT:
             # Receipt handling recognises a repeated Acknowledgement itself (and records it only once).
-            return self._acknowledgement(caller, bundle)
+            return ReceivedAcknowledgement(caller, bundle)
         bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
         found = self.store.find_by_ids(bundle_id, header_id)
         if found is not None:
@@ -343,9 +351,11 @@ class Ingress:
                 admission = None  # not newer than what is known: the store would keep its state anyway
         return Prepared(caller, message, deliveries, tuple(receivers), admission)
 
-    def commit(self, prepared: Prepared) -> Reply:
+    def commit(self, prepared: Prepared | ReceivedAcknowledgement) -> Reply:
         """Store a prepared message with its deliveries and audit record in one transaction; then
         record the admission it tells. Answers 200 only after the commit."""
+        if isinstance(prepared, ReceivedAcknowledgement):
+            return self._acknowledgement(prepared.caller, prepared.bundle)
         message = prepared.message
         result = self._accept(message, prepared.deliveries, prepared.receivers)
         if not result.accepted:

@@ -355,3 +355,36 @@ def test_readyz_fails_when_the_store_is_closed(bed: Bed) -> None:
     assert response.status_code == 503
     assert outcome_of(response)["issue"][0]["code"] == "transient"
     assert bed.post_message(example_bytes(STIN)).status_code == 503
+
+
+# ------------------------------------------------------------------------------------------ receipts
+def test_an_acknowledgement_is_correlated_and_forwarded_to_the_sender(bed: Bed) -> None:
+    from datetime import timedelta
+
+    from bridge.medcom.acknowledgement import build_acknowledgement
+    from bridge.outbox.port import AttemptRecord
+
+    message_id = bed.post_message(example_bytes(STIN)).json()["id"]
+    [delivery] = bed.claim()
+    now = bed.clock.now()
+    bed.store.complete(
+        delivery.id, "test-worker", AttemptRecord(now, timedelta(milliseconds=5), "delivered", 200), now
+    )
+    ack = orjson.dumps(build_acknowledgement(example(STIN), "ok", now=bed.clock.now))
+    answers = [bed.post_message(ack, token=HERLEV_TOKEN) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].content == answers[1].content
+    trace = bed.store.message_trace(message_id)
+    assert trace is not None
+    [receipt] = trace.deliveries[0].receipts
+    assert (receipt.code, receipt.from_system) == ("ok", HERLEV)
+    [forwarded] = bed.claim()
+    assert forwarded.destination == HOSPITAL and forwarded.expect_receipt is False
+    assert orjson.loads(forwarded.payload) == orjson.loads(ack)
+
+
+def test_an_acknowledgement_from_the_wrong_system_is_403(bed: Bed) -> None:
+    from bridge.medcom.acknowledgement import build_acknowledgement
+
+    ack = orjson.dumps(build_acknowledgement(example(STIN), "ok", now=bed.clock.now))
+    assert bed.post_message(ack, token=REHAB_TOKEN).status_code == 403
