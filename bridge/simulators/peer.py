@@ -241,13 +241,16 @@ class Peer:
             not problems,
             problems,
         )
+        if problems:
+            try:
+                ack = build_acknowledgement(bundle, "fatal-error", issues=validate_message(bundle).errors)
+            except InvalidInput as exc:
+                # Too broken to say whom to answer: refuse it at the HTTP level instead.
+                return 400, {"Content-Type": FHIR_JSON}, orjson.dumps(exc.outcome.to_fhir())
+        else:
+            ack = build_acknowledgement(bundle, "ok")
         first, duplicate = self._record(received)
         if not duplicate:
-            if problems:
-                issues = validate_message(bundle).errors
-                ack = build_acknowledgement(bundle, "fatal-error", issues=issues)
-            else:
-                ack = build_acknowledgement(bundle, "ok")
             first.receipt = orjson.dumps(ack)
         return 200, {"Content-Type": FHIR_JSON}, first.receipt
 
