@@ -9,6 +9,8 @@ bridge's own builder, ~5 KB, a fresh Bundle.id and MessageHeader.id per request)
 - ``validation_floor``: parsing and MedCom validation of the message alone, in this process, per core;
 - ``http_floor``: a bare ASGI app under uvicorn that reads the body and answers 202, driven by the
   same load generator - what HTTP and the generator cost before the bridge does anything;
+- ``receiver_floor``: the simulated municipality alone (dedupe + Acknowledgement per message), driven
+  the same way - the ceiling of end-to-end deliveries to it;
 - ``accept``: ``fhir-bridge serve --role api`` (no dispatcher): durable accepts per second (each one a
   committed, fsync'd transaction of message, delivery and audit record) and, in a second phase at half
   that rate, accept latency p50/p99;
@@ -117,7 +119,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def bridge_config(directory: Path, port: int, receiver_port: int) -> Path:
+def bridge_config(directory: Path, port: int, receiver_port: int, hospital_port: int | None = None) -> Path:
     def system(sid: str, kind: str, orgs: list[dict[str, str]], endpoint: str, token: str | None) -> Any:
         tokens = [{"name": "main", "sha256": hash_token(token)}] if token else []
         return {
@@ -142,7 +144,7 @@ def bridge_config(directory: Path, port: int, receiver_port: int) -> Path:
                 "herlev-gentofte-hospital",
                 "hospital",
                 [{"sor": "265161000016000", "gln": "5790000209354"}],
-                f"http://127.0.0.1:{free_port()}/fhir/$process-message",
+                f"http://127.0.0.1:{hospital_port or free_port()}/fhir/$process-message",
                 HOSPITAL_TOKEN,
             ),
             system(
@@ -359,13 +361,29 @@ def receiver(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def receiver_floor(directory: Path, bodies: list[bytes], concurrency: int, duration: float) -> dict[str, Any]:
+    """The simulated receiver alone, driven by the load generator: what it can take per second."""
+    port = free_port()
+    sim = receiver(directory, port)
+    try:
+        return run_load(
+            directory,
+            f"http://127.0.0.1:{port}/fhir/$process-message",
+            bodies,
+            concurrency=concurrency,
+            duration=duration,
+        )
+    finally:
+        stop(sim)
+
+
 def received_count(port: int) -> int:
     return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["messages"])
 
 
 def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
-    port, receiver_port = free_port(), free_port()
-    config = bridge_config(directory, port, receiver_port)
+    port, receiver_port, hospital_port = free_port(), free_port(), free_port()
+    config = bridge_config(directory, port, receiver_port, hospital_port)
     url = f"http://127.0.0.1:{port}/fhir/$process-message"
     api = start_bridge(directory, config, port, "api")
     try:
@@ -382,6 +400,7 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
         stop(api)
     backlog = peak["ok"] + half["ok"]
     sim = receiver(directory, receiver_port)
+    hospital = receiver(directory, hospital_port)  # receives the municipality's receipts, forwarded
     worker = start_bridge(directory, config, port, "worker")
     try:
         started = time.perf_counter()
@@ -393,9 +412,13 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
                 break
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
+        receipts = len(
+            httpx.get(f"http://127.0.0.1:{hospital_port}/_sim/state", timeout=10).json()["receipts"]
+        )
     finally:
         stop(worker)
         stop(sim)
+        stop(hospital)
     return {
         "accept": {"peak": peak, "half_rate": {"target_per_second": round(half_rate, 1), **half}},
         "deliveries": {
@@ -403,7 +426,9 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
             "delivered": count,
             "seconds": round(elapsed, 3),
             "per_second": round(count / elapsed, 1) if elapsed else None,
-            "note": "time from worker start (process start-up included) until the receiver has them all",
+            "receipts_forwarded_to_sender_by_then": receipts,
+            "note": "time from worker start (process start-up included) until the receiver has them all; "
+            "each delivery also forwards the receiver's Acknowledgement to the sender",
         },
     }
 
@@ -458,6 +483,9 @@ def main() -> None:
             report["validation_floor"] = validation_floor(pool[0])
             report["http_floor"] = http_floor(
                 directory, [fresh(pool[0]) for _ in range(500)], args.concurrency, args.duration
+            )
+            report["receiver_floor"] = receiver_floor(
+                directory, [fresh(pool[i % len(pool)]) for i in range(20000)], args.concurrency, args.duration
             )
         if args.only in (None, "service"):
             report |= accept_and_deliver(directory, pool, args)
