@@ -155,6 +155,9 @@ def test_compose_has_the_multi_node_topology(compose: dict[str, Any]) -> None:
         assert all_services[name]["depends_on"] == {
             "migrate": {"condition": "service_completed_successfully"}
         }
+    for name in simulator_services(compose):
+        # The peers start sending once the API answers /readyz (the image's HEALTHCHECK).
+        assert all_services[name]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert all_services["postgres"]["image"].startswith("postgres:")
     for s in [*bridge_services(compose).values(), *simulator_services(compose).values()]:
         assert s["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
