@@ -447,7 +447,14 @@ def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> 
             bodies = [fresh(pool[i % len(pool)]) for i in range(n)]
             result = run_load(directory, url, bodies, concurrency=args.concurrency, duration=3600, limit=n)
             done += n
-            samples.append({"queued": done, "accepted": result["ok"], "rss_kib": rss_kib(proc.pid)})
+            samples.append(
+                {
+                    "queued": done,
+                    "accepted": result["ok"],
+                    "accepts_per_second": result["ok_per_second"],
+                    "rss_kib": rss_kib(proc.pid),
+                }
+            )
     finally:
         stop(proc)
     return {"samples": samples}
