@@ -33,6 +33,62 @@ from bridge.outbox.port import (
 
 router = APIRouter(tags=["Operations"])
 
+_DELIVERY_EXAMPLE: dict[str, Any] = {
+    "id": "0b6f2f4e-3c1d-4a57-9d4e-2f1a0c9b8e71",
+    "message_id": "5b3a4d0e-8f0e-4c51-9c9e-0b1a2c3d4e5f",
+    "destination": "herlev-municipality",
+    "state": "dead",
+    "attempts": 1,
+    "resends": 0,
+    "created_at": "2026-03-01T09:30:00.000000Z",
+    "next_attempt_at": "2026-03-01T09:30:00.000000Z",
+    "first_attempt_at": "2026-03-01T09:30:00.120000Z",
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "delivered_at": None,
+    "dead_at": "2026-03-01T09:30:00.140000Z",
+    "last_error": "permanent failure: HTTP 400",
+    "expect_receipt": True,
+    "receipt_code": None,
+    "receipt_at": None,
+    "payload_purged": False,
+}
+_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "id": "5b3a4d0e-8f0e-4c51-9c9e-0b1a2c3d4e5f",
+    "bundle_id": "a5e5b880-c087-4055-b9ec-99108695f81d",
+    "header_id": "b9b4818e-02de-4cc4-b418-d20cbc7b5404",
+    "sender": "herlev-gentofte-hospital",
+    "kind": "hospital-notification",
+    "content_type": "application/fhir+json",
+    "received_at": "2026-03-01T09:30:00.000000Z",
+    "state": "dead",
+    "payload_purged": False,
+}
+_TRACE_EXAMPLE: dict[str, Any] = {
+    **_MESSAGE_EXAMPLE,
+    "deliveries": [
+        {
+            **_DELIVERY_EXAMPLE,
+            "history": [
+                {
+                    "number": 1,
+                    "worker_id": "bridge-1:7f3a",
+                    "started_at": "2026-03-01T09:30:00.120000Z",
+                    "latency_ms": 18.4,
+                    "outcome": "permanent",
+                    "status_code": 400,
+                    "detail": "HTTP 400",
+                }
+            ],
+            "receipts": [],
+        }
+    ],
+}
+
+
+def _ok(description: str, example: Any) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {"application/json": {"example": example}}}}
+
 
 def _ts(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat().replace("+00:00", "Z")
@@ -128,7 +184,7 @@ def _json(value: Any, status: int = 200) -> Response:
     summary="Trace of one message",
     description="By the bridge's message id or the MessageHeader.id: when it was received, each "
     "delivery with every attempt (time, outcome, HTTP status, latency), receipts and the final state.",
-    responses={200: {"description": "The trace"}, **error_responses(401, 403, 404, 503)},
+    responses={**_ok("The trace", _TRACE_EXAMPLE), **error_responses(401, 403, 404, 503)},
 )
 async def get_message(request: Request, message_id: str, caller: AnyCaller) -> Response:
     store = store_of(request)
@@ -174,7 +230,10 @@ def _replace(filters: MessageFilter, *, sender: str | None, destination: str | N
     summary="List messages",
     description="Newest first. Filters: sender, destination (system ids), kind, state, received "
     "from (inclusive) / to (exclusive) as ISO 8601 times with a timezone.",
-    responses={200: {"description": "Messages"}, **error_responses(400, 401, 403, 503)},
+    responses={
+        **_ok("Messages", {"messages": [_MESSAGE_EXAMPLE], "limit": 50, "offset": 0}),
+        **error_responses(400, 401, 403, 503),
+    },
 )
 async def list_messages(
     request: Request,
@@ -204,7 +263,10 @@ async def list_messages(
     summary="List deliveries",
     description="Deliveries in a state, oldest first; `state=dead` lists the dead letters an operator "
     "should look at (operators only).",
-    responses={200: {"description": "Deliveries"}, **error_responses(400, 401, 403, 503)},
+    responses={
+        **_ok("Deliveries", {"deliveries": [_DELIVERY_EXAMPLE], "limit": 100, "offset": 0}),
+        **error_responses(400, 401, 403, 503),
+    },
 )
 async def list_deliveries(
     request: Request,
@@ -247,7 +309,7 @@ def _retry(store: OutboxStore, delivery_id: str, caller: Caller, now: datetime) 
     description="Makes a dead delivery due now with a fresh retry budget, at its original place in "
     "the citizen's order. 409 when the delivery is not dead (operators only).",
     responses={
-        200: {"description": "The delivery, pending again"},
+        **_ok("The delivery, pending again", {**_DELIVERY_EXAMPLE, "state": "pending"}),
         **error_responses(401, 403, 404, 409, 503),
     },
 )
