@@ -26,12 +26,18 @@ up to ``dispatcher.shutdown_grace`` for posts in flight, and release whatever is
 its late result is ignored and the delivery goes out again (the receiver dedupes on the
 MessageHeader.id).
 
+Fault injection (``BRIDGE_FAULT_AFTER_DELIVERY=N``, read when the dispatcher is created; unset in
+normal operation): the process ends with ``os._exit(137)`` - as if SIGKILLed - when it is about to
+store the N-th delivered result, i.e. after the receiver's 2xx and before the commit that marks the
+delivery done. The reliability tests use it to prove that such a crash costs exactly one redelivery.
+
 Logs name message, delivery and system ids and status codes - never a payload, a name or a CPR number.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections import Counter
@@ -79,6 +85,8 @@ MAX_THREADS = 64
 CLAIM_AHEAD = 2
 #: How long a delivery waiting for its destination's slot sleeps between looks at a shutdown.
 _SLOT_POLL = 0.05
+#: Fault injection for the reliability tests: crash before storing the N-th delivered result.
+FAULT_AFTER_DELIVERY_ENV = "BRIDGE_FAULT_AFTER_DELIVERY"
 
 JobState = Literal["queued", "posting", "reporting", "released", "abandoned"]
 
@@ -145,6 +153,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self._next_receipt_check: datetime | None = None
+        self._crash_at = _fault_after_delivery()
+        self._delivered_results = 0
 
     # -- public ----------------------------------------------------------------------------------------
 
@@ -456,6 +466,12 @@ class Dispatcher:
             self._commit(batch)
 
     def _commit(self, batch: list[_Completed]) -> None:
+        if self._crash_at:
+            self._delivered_results += len(batch)
+            if self._delivered_results >= self._crash_at:
+                log.critical("%s: crashing before the delivered result is stored", FAULT_AFTER_DELIVERY_ENV)
+                logging.shutdown()
+                os._exit(137)
         now = self._clock.now()
         try:
             try:
@@ -577,6 +593,16 @@ class Dispatcher:
             log.warning(
                 "delivery %s: release not stored (%s); the lease will expire", claimed.id, type(exc).__name__
             )
+
+
+def _fault_after_delivery() -> int:
+    """The N of ``BRIDGE_FAULT_AFTER_DELIVERY`` (0: no fault injected)."""
+    value = os.environ.get(FAULT_AFTER_DELIVERY_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"{FAULT_AFTER_DELIVERY_ENV} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _attempt_record(outcome: DeliveryOutcome, started: datetime, post: PostResult | None) -> AttemptRecord:
