@@ -182,6 +182,9 @@ class HospitalStayEvent(_Model):
             raise ValueError("status_before_death is given exactly for a cancelled death (AN_MORS)")
         if self.kind == "on-leave" and self.change != "cancellation" and self.leave_start is None:
             raise ValueError("a leave needs leave_start (medcom-hospitalNotification-6)")
+        if self.status_before_death == "onleave" and self.leave_start is None:
+            # the cancelled death restores Encounter.status onleave, which carries the leave period
+            raise ValueError("a cancelled death on leave needs leave_start (medcom-hospitalNotification-6)")
         if self.kind == "back-from-leave" and self.change != "cancellation" and self.leave_end is None:
             raise ValueError("the end of a leave needs leave_end")
         if self.leave_end is not None and self.leave_start is None:

@@ -168,6 +168,7 @@ def test_death_correction_and_cancellation_need_to_know_about_the_death() -> Non
 
     data = mors.model_dump()
     data |= {"change": "cancellation", "code": None, "status_before_death": "onleave"}
+    data["leave_start"] = data["leave_start"] or data["stay_start"]
     data["ongoing_activity"] = "start-leave-inpatient"
     cancel = HospitalStayEvent.model_validate(data)
     message = build_hospital_notification(cancel)
@@ -330,6 +331,11 @@ def events(draw: st.DrawFn) -> HospitalStayEvent:
     citizen = Citizen(
         cpr=draw(CPRS), name=PersonName(given=draw(st.lists(NAMES, max_size=2)), family=draw(NAMES))
     )
+    before_death = (
+        draw(st.sampled_from(["in-progress", "onleave"])) if kind == "died" and change == "cancellation" else None
+    )
+    if before_death == "onleave" and leave_start is None:
+        leave_start = draw(later)  # a restored leave carries its period (medcom-hospitalNotification-6)
     return HospitalStayEvent(
         kind=kind,
         change=change,
@@ -346,9 +352,7 @@ def events(draw: st.DrawFn) -> HospitalStayEvent:
         leave_start=leave_start,
         leave_end=leave_end,
         ongoing_activity=draw(st.sampled_from(ONGOING)) if kind == "died" else None,
-        status_before_death=draw(st.sampled_from(["in-progress", "onleave"]))
-        if kind == "died" and change == "cancellation"
-        else None,
+        status_before_death=before_death,
         report_of_admission=draw(st.none() | st.booleans()),
         previous_message_id=draw(st.none() | IDS),
         earlier=records,
