@@ -331,9 +331,8 @@ def events(draw: st.DrawFn) -> HospitalStayEvent:
     citizen = Citizen(
         cpr=draw(CPRS), name=PersonName(given=draw(st.lists(NAMES, max_size=2)), family=draw(NAMES))
     )
-    before_death = (
-        draw(st.sampled_from(["in-progress", "onleave"])) if kind == "died" and change == "cancellation" else None
-    )
+    cancelled_death = kind == "died" and change == "cancellation"
+    before_death = draw(st.sampled_from(["in-progress", "onleave"])) if cancelled_death else None
     if before_death == "onleave" and leave_start is None:
         leave_start = draw(later)  # a restored leave carries its period (medcom-hospitalNotification-6)
     return HospitalStayEvent(
