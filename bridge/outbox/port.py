@@ -86,6 +86,7 @@ class NewMessage:
     content_type: str
     received_at: datetime
     response: bytes = b""  # the answer given to the sender, replayed verbatim for duplicates
+    mapping_version: str | None = None  # the mapping sets that translated it ("name@version+digest; ...")
     id: str = field(default_factory=_new_id)
 
 
@@ -137,6 +138,7 @@ class MessageRecord:
     response: bytes
     state: MessageState
     payload_purged: bool
+    mapping_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ def _message(row: DictRow) -> MessageRecord:
         response=bytes(row["response"]),
         state=cast(MessageState, row["state"]),
         payload_purged=bool(row["payload_purged"]),
+        mapping_version=row["mapping_version"],
     )
 
 
@@ -368,6 +369,7 @@ class PostgresOutboxStore:
                     "payload": message.payload,
                     "response": message.response,
                     "received_at": received,
+                    "mapping_version": message.mapping_version,
                 },
             )
             if cur.fetchone() is None:
@@ -411,6 +413,7 @@ class PostgresOutboxStore:
             response=message.response,
             state="in-flight" if deliveries else "delivered",
             payload_purged=False,
+            mapping_version=message.mapping_version,
         )
         return AcceptResult(record, tuple(d.id for d in deliveries), None)
 

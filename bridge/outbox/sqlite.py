@@ -126,6 +126,7 @@ def _message(row: sqlite3.Row) -> MessageRecord:
         response=bytes(row["response"]),
         state=cast(MessageState, row["state"]),
         payload_purged=bool(row["payload_purged"]),
+        mapping_version=row["mapping_version"],
     )
 
 
@@ -356,6 +357,7 @@ class SqliteOutboxStore:
                     "payload": message.payload,
                     "response": message.response,
                     "received_at": received,
+                    "mapping_version": message.mapping_version,
                 },
             )
             for delivery in deliveries:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import uuid
@@ -89,6 +90,16 @@ def test_accept_commits_message_deliveries_and_audit_together(
     entries = store.read_audit()
     assert [(e.record.action, e.record.message_id) for e in entries] == [("message.accepted", message.id)]
     assert entries[0].prev_hash == AUDIT_GENESIS
+
+
+def test_the_mapping_version_of_a_message_is_kept(store: OutboxStore, messages: Messages) -> None:
+    message, deliveries, audit = messages.build(destinations=("kbh",))
+    labelled = dataclasses.replace(message, mapping_version="borgerjournal-v1@1.0.0+0123456789ab")
+    assert store.accept(labelled, deliveries, audit).message.mapping_version == labelled.mapping_version
+    trace = store.message_trace(labelled.id)
+    assert trace is not None and trace.message.mapping_version == "borgerjournal-v1@1.0.0+0123456789ab"
+    other, other_deliveries, other_audit = messages.build(destinations=("kbh",))
+    assert store.accept(other, other_deliveries, other_audit).message.mapping_version is None
 
 
 def test_accept_is_all_or_nothing(store: OutboxStore, messages: Messages) -> None:

@@ -3,7 +3,7 @@
 
 -- name: message_by_ids
 SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-       m.response, m.payload IS NULL AS payload_purged,
+       m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
        (SELECT CASE
                    WHEN bool_or(d.state = 'dead') THEN 'dead'
                    WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'
@@ -14,7 +14,7 @@ SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.conten
 
 -- name: message_by_id_or_header
 SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-       m.response, m.payload IS NULL AS payload_purged,
+       m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
        (SELECT CASE
                    WHEN bool_or(d.state = 'dead') THEN 'dead'
                    WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'
@@ -29,9 +29,9 @@ SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.conten
 -- DO NOTHING on any unique conflict: a concurrent accept of the same ids waits here for the other
 -- transaction and then finds its message, instead of failing.
 INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, payload, response,
-                      received_at)
+                      received_at, mapping_version)
 VALUES (%(id)s, %(bundle_id)s, %(header_id)s, %(sender)s, %(kind)s, %(citizen_key)s, %(content_type)s,
-        %(payload)s, %(response)s, %(received_at)s)
+        %(payload)s, %(response)s, %(received_at)s, %(mapping_version)s)
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -222,7 +222,7 @@ SELECT ack_header_id, acknowledged_header_id, from_system, code, received_at, de
 -- name: list_messages
 SELECT * FROM (
     SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-           m.response, m.payload IS NULL AS payload_purged,
+           m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
            (SELECT CASE
                        WHEN bool_or(d.state = 'dead') THEN 'dead'
                        WHEN bool_or(d.state <> 'delivered') THEN 'in-flight'

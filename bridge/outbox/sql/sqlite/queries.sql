@@ -2,7 +2,7 @@
 
 -- name: message_by_ids
 SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-       m.response, m.payload IS NULL AS payload_purged,
+       m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
        (SELECT CASE
                    WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
                    WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
@@ -13,7 +13,7 @@ SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.conten
 
 -- name: message_by_id_or_header
 SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-       m.response, m.payload IS NULL AS payload_purged,
+       m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
        (SELECT CASE
                    WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
                    WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
@@ -26,9 +26,9 @@ SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.conten
 
 -- name: insert_message
 INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, payload, response,
-                      received_at)
+                      received_at, mapping_version)
 VALUES (:id, :bundle_id, :header_id, :sender, :kind, :citizen_key, :content_type, :payload, :response,
-        :received_at);
+        :received_at, :mapping_version);
 
 -- name: insert_delivery
 INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
@@ -188,7 +188,7 @@ SELECT ack_header_id, acknowledged_header_id, from_system, code, received_at, de
 -- name: list_messages
 SELECT * FROM (
     SELECT m.id, m.bundle_id, m.header_id, m.sender, m.kind, m.citizen_key, m.content_type, m.received_at,
-           m.response, m.payload IS NULL AS payload_purged,
+           m.response, m.payload IS NULL AS payload_purged, m.mapping_version,
            (SELECT CASE
                        WHEN COALESCE(SUM(d.state = 'dead'), 0) > 0 THEN 'dead'
                        WHEN COALESCE(SUM(d.state <> 'delivered'), 0) > 0 THEN 'in-flight'
