@@ -38,7 +38,9 @@ def postgres_server_url() -> str:
     url = os.environ.get(POSTGRES_ENV, "")
     if not url:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{POSTGRES_ENV} is not set; CI runs the reliability tier on PostgreSQL, never skips it")
+            pytest.fail(
+                f"{POSTGRES_ENV} is not set; CI runs the reliability tier on PostgreSQL, never skips it"
+            )
         pytest.skip(f"{POSTGRES_ENV} is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     return url
 
@@ -143,7 +145,9 @@ def admissions(total: int, citizens: int, *, first: int = 0, to: Sequence[Party]
     by_citizen: dict[str, list[tuple[str, bytes]]] = {}
     for i in range(total):
         c = i % citizens
-        message = traffic.notification(traffic.admission(first + c, municipality=receivers[c % len(receivers)]))
+        message = traffic.notification(
+            traffic.admission(first + c, municipality=receivers[c % len(receivers)])
+        )
         by_citizen.setdefault(traffic.synthetic_cpr(first + c), []).append(
             (header_id(message), orjson.dumps(message))
         )

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 from harness import Proc, wait_until
-from bridge.clock import SystemClock
 from nodes import admissions, config, env_int, node, open_claims, order_violations, send, sims, with_store
+
+from bridge.clock import SystemClock
 
 pytestmark = pytest.mark.reliability
 
@@ -44,8 +45,9 @@ def test_worker_killed_at_random_points_loses_nothing_and_duplicates_nothing_aft
     started += [hospital, municipality]
     municipality.faults([], then={"delay": RECEIVER_DELAY})
     # A short lease brings a killed worker's deliveries back soon; the post timeout stays well inside it.
-    settings = config(tmp_path, engine_url, hospital=hospital, municipality=municipality, lease="1500ms",
-                      timeout="500ms")
+    settings = config(
+        tmp_path, engine_url, hospital=hospital, municipality=municipality, lease="1500ms", timeout="500ms"
+    )
     api = node(tmp_path, settings, "api", "api").start()
     started.append(api)
     began = time.monotonic()
@@ -75,7 +77,9 @@ def test_worker_killed_at_random_points_loses_nothing_and_duplicates_nothing_aft
             "every acknowledged message at the receiver",
             final,
         )
-        wait_until(lambda: not any(open_claims(engine_url).values()), 60, "no leased or pending delivery", final)
+        wait_until(
+            lambda: not any(open_claims(engine_url).values()), 60, "no leased or pending delivery", final
+        )
         dead = store.list_deliveries("dead")
         stats = store.queue_stats(SystemClock().now())
     finally:
