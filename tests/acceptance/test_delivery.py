@@ -8,10 +8,13 @@ the bridge's own message traces.
 from __future__ import annotations
 
 import itertools
+import sqlite3
+import time
 from datetime import datetime
 from typing import Any
 
-from harness import HOSPITAL_TOKEN, OPERATOR_TOKEN, header_id, post_fhir, wait_until
+import yaml
+from harness import HOSPITAL_TOKEN, OPERATOR_TOKEN, Bridge, header_id, post_fhir, wait_until
 
 from bridge.simulators import traffic
 
@@ -171,3 +174,42 @@ def test_the_same_message_three_times_is_delivered_once_and_answered_alike(start
     receipts = [r for r in stack.hospital.receipts() if r["acknowledged_id"] == hid]
     assert {r["header_id"] for r in receipts} == {receipts[0]["header_id"]}
     assert receipts[0]["code"] == "ok"
+
+
+def test_a_graceful_stop_finishes_or_releases_in_flight_deliveries(start_stack: Any) -> None:
+    stack = start_stack("fhir")
+    stack.municipality.faults([{"delay": 0.8}] * 4)  # slow, but inside the 1 s timeout
+    messages = [traffic.notification(traffic.admission(500 + i)) for i in range(4)]
+    with stack.bridge.client(HOSPITAL_TOKEN) as client:
+        for message in messages:
+            assert post_fhir(client, message).status_code == 200
+    wait_until(lambda: stack.municipality.state()["requests"] >= 1, 30, "a delivery in flight", stack.bridge)
+    started = time.monotonic()
+    assert stack.bridge.stop() == 0  # SIGTERM: a clean exit, within the 5 s shutdown grace
+    assert time.monotonic() - started < 10
+    # Nothing is left leased: each in-flight delivery was finished or handed back.
+    db = sqlite3.connect(f"file:{stack.directory / 'bridge.db'}?mode=ro", uri=True)
+    try:
+        states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
+    finally:
+        db.close()
+    assert states and "leased" not in states, states
+
+    restarted = Bridge(stack.directory, yaml.safe_load(stack.bridge.config_path.read_text()), name="again")
+    restarted.start()
+    try:
+        wait_until(lambda: len(stack.municipality.messages()) == 4, 30, "all four messages", restarted)
+
+        def unfinished() -> list[Any]:
+            with restarted.client(OPERATOR_TOKEN) as ops:
+                return [
+                    d
+                    for state in ("leased", "pending", "dead")
+                    for d in ops.get("/deliveries", params={"state": state}).json()["deliveries"]
+                ]
+
+        # The receiver has them; the bridge records the answers (and forwards the receipts) just after.
+        wait_until(lambda: not unfinished(), 30, "every delivery finished", restarted)
+    finally:
+        restarted.stop()
+    assert {m["header_id"] for m in stack.municipality.messages()} == {header_id(m) for m in messages}
