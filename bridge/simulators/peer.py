@@ -13,7 +13,8 @@ Tests steer it over HTTP (``/_sim/...``), so the peer can run as a separate proc
 - ``POST /_sim/faults``: ``{"script": [fault, ...], "then": fault | null}`` - each delivery request
   consumes one scripted fault, then ``then`` applies to every later one (``null``: answer normally).
   A fault is ``{"status": 503}``, ``{"status": 429, "retry_after": 1}``, ``{"delay": 3}`` (answer late,
-  so the bridge times out) or both;
+  so the bridge times out) or both; ``{"status": 200}`` takes the message silently - no receipt, as if
+  the Acknowledgement were lost;
 - ``POST /_sim/reset``: forget everything.
 
 Only for loopback use in tests and demos: it has no authentication of its own.
@@ -345,7 +346,9 @@ def _handler(peer: Peer, quiet: bool) -> type[BaseHTTPRequestHandler]:
                     headers = {"Content-Type": "application/json"}
                     if fault.retry_after is not None:
                         headers["Retry-After"] = f"{fault.retry_after:g}"
-                    self._send(fault.status, headers, b'{"error":"simulated failure"}')
+                    # A scripted 2xx takes the message without a word: no receipt, nothing recorded.
+                    ok = 200 <= fault.status < 300
+                    self._send(fault.status, headers, b"" if ok else b'{"error":"simulated failure"}')
                     return
             self._send(*peer.receive(body, self.headers.get("Content-Type")))
 

@@ -213,3 +213,27 @@ def test_a_graceful_stop_finishes_or_releases_in_flight_deliveries(start_stack: 
     finally:
         restarted.stop()
     assert {m["header_id"] for m in stack.municipality.messages()} == {header_id(m) for m in messages}
+
+
+def test_a_missing_receipt_makes_the_bridge_resend_with_the_same_header_id(start_stack: Any) -> None:
+    stack = start_stack("fhir", extra={"medcom": {"receipt_timeout": "2s", "max_resends": 2}})
+    stack.municipality.faults([{"status": 200}])  # taken, but the Acknowledgement never comes
+    message = traffic.notification(traffic.admission(600))
+    hid = header_id(message)
+    with stack.bridge.client(HOSPITAL_TOKEN) as client:
+        assert post_fhir(client, message).status_code == 200
+
+    # The resend carries the same MessageHeader.id (a new Bundle.id); this time the receipt comes.
+    wait_until(lambda: len(stack.municipality.messages()) == 1, 30, "the resent message", stack.bridge)
+    resent = stack.municipality.body(hid)
+    assert resent["entry"][0]["resource"]["id"] == hid
+    assert resent["id"] != message["id"]
+    wait_until(
+        lambda: [r["code"] for r in stack.hospital.receipts() if r["acknowledged_id"] == hid] == ["ok"],
+        30,
+        "the receipt of the resend",
+        stack.bridge,
+    )
+    delivery = _delivery(_trace(stack, hid), MUNICIPALITY)
+    assert delivery["resends"] == 1 and delivery["receipt_code"] == "ok"
+    assert stack.municipality.state()["requests"] == 2
