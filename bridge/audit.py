@@ -163,3 +163,23 @@ def delivery_outcome(
         description=reason,
     )
     return AuditRecord(recorded, f"delivery.{outcome}", actor, orjson.dumps(body), message_id)
+
+
+def mappings_reloaded(
+    *, recorded: datetime, actor: str, swapped: bool, versions: Sequence[str]
+) -> AuditRecord:
+    """An operator reloaded the mapping sets: in force (``swapped``) or refused, and the versions in force."""
+    body: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": DICOM, "code": "110100", "display": "Application Activity"},
+        "subtype": [{"system": "urn:fhir-bridge:audit", "code": "mappings.reload"}],
+        "action": "E",
+        "recorded": _instant(recorded),
+        "outcome": "0" if swapped else "4",
+        "outcomeDesc": ("in force: " if swapped else "refused; in force: ") + ", ".join(versions),
+        "agent": [{"who": {"identifier": {"system": ACTOR_SYSTEM, "value": actor}}, "requestor": True}],
+        "source": {"observer": {"display": SOURCE}},
+    }
+    return AuditRecord(
+        recorded, "mappings.reloaded" if swapped else "mappings.refused", actor, orjson.dumps(body)
+    )

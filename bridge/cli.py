@@ -8,6 +8,7 @@ A failure prints one line on stderr and never a Python traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -352,6 +353,17 @@ def serve(
     settings, outcome = check_settings_file(config)
     if settings is None:
         _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+    from bridge.translate import mapping_sets
+
+    try:
+        loaded = mapping_sets()  # all mapping sets, compiled before the first request; a reload swaps them
+    except MappingSpecError as exc:
+        _fail(f"broken mapping spec: {exc}", EXIT_USAGE)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: _reload_in_background())
+    logging.getLogger("bridge.mappings").info(
+        "mappings in force: %s", ", ".join(s.version for s in loaded.values())
+    )
     store = open_store(settings.store.url)
     # uvicorn handles SIGTERM/SIGINT (graceful stop), then raises the signal again against the handlers
     # found before it started; these note it instead, so a requested stop ends with exit code 0.
@@ -374,6 +386,66 @@ def serve(
         server.run()  # handles SIGTERM and SIGINT: stop accepting, finish requests, run the lifespan exit
     finally:
         store.close()
+
+
+def _reload_in_background() -> None:
+    """SIGHUP: reload the mapping sets (tested against their cases first) without blocking the server."""
+    import threading
+
+    def run() -> None:
+        from bridge.translate import reload_mappings
+
+        log = logging.getLogger("bridge.mappings")
+        report = reload_mappings()
+        if report.swapped:
+            log.info("mappings reloaded; in force: %s", ", ".join(report.versions.values()))
+        else:
+            log.error(
+                "mappings reload refused (%d problems); in force: %s",
+                len(report.problems),
+                ", ".join(report.versions.values()),
+            )
+            for problem in report.problems:
+                log.error("mappings reload: %s", problem)
+
+    threading.Thread(target=run, name="mappings-reload", daemon=True).start()
+
+
+@mappings_app.command("reload")
+def mappings_reload(
+    url: Annotated[str, typer.Option("--url", help="The running bridge, e.g. http://127.0.0.1:8080")],
+    token_env: Annotated[
+        str, typer.Option("--token-env", help="Environment variable holding an operator token")
+    ] = "BRIDGE_OPERATOR_TOKEN",
+) -> None:
+    """Ask a running bridge to reload its mapping sets; they take effect only if every case passes."""
+    import os
+
+    import httpx
+
+    token = os.environ.get(token_env)
+    if not token:
+        _fail(f"set {token_env} to an operator token", EXIT_USAGE)
+    try:
+        answer = httpx.post(
+            url.rstrip("/") + "/admin/mappings/reload",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {type(exc).__name__}", EXIT_USAGE)
+    if answer.status_code == 200:
+        versions = answer.json().get("versions", {})
+        sys.stdout.write("reloaded; in force: " + ", ".join(versions.values()) + "\n")
+        return
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if answer.status_code == 422 and isinstance(body, dict):
+        sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        _fail("reload refused: the mappings in force stay (see the OperationOutcome)", EXIT_INVALID)
+    _fail(f"the bridge answered HTTP {answer.status_code}", EXIT_USAGE)
 
 
 db_app = typer.Typer(help="Work with the outbox database.", no_args_is_help=True)

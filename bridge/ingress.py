@@ -442,12 +442,23 @@ class Ingress:
 
     # -- municipal posts ------------------------------------------------------------------------------
     def municipal_record(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
-        """Accept a municipal care record (municipal-v1 JSON): translate now, route, store."""
-        from bridge.translate import parse_record, record_to_fhir
+        """Accept a municipal care record in the caller's format (municipal-v1, or another mapping set such
+        as borgerjournal-v1): translate now, route, store."""
+        from bridge.translate import CANONICAL, fhir_to_record, loaded_set, mapping_sets, parse_record
 
         check_size(len(body), self.settings.limits.max_body_bytes)
         data = self._json_object(body)
-        record = parse_record(data)
+        sender_format = caller.format if caller.format != "fhir" else CANONICAL
+        versions: list[str] = []
+        if sender_format == CANONICAL:
+            record = parse_record(data)
+            fhir_bundle: dict[str, Any] | None = None
+            versions.append(mapping_sets()[CANONICAL].version)
+        else:
+            chosen = loaded_set(sender_format)
+            fhir_bundle = chosen.to_fhir(data)
+            record, _ = fhir_to_record(fhir_bundle)  # the canonical view: citizen, organisations, ids
+            versions.append(chosen.version)
         org = record.organization
         for where, party in (
             ("organization.municipality", org.municipality),
@@ -471,17 +482,39 @@ class Ingress:
             resolved = rule_receivers(
                 self.settings, sender=caller.id, kind=KIND_MUNICIPAL_RECORD, admission=admission
             )
-        fhir_bundle: bytes | None = None
         deliveries = []
         for r in resolved:
-            if r.system.format == "fhir":
-                if fhir_bundle is None:
-                    fhir_bundle = orjson.dumps(record_to_fhir(record))
-                deliveries.append(NewDelivery(r.system.id, fhir_bundle, FHIR_JSON))
-            else:
+            wanted = r.system.format
+            if wanted == sender_format:
                 deliveries.append(NewDelivery(r.system.id, body, MUNICIPAL_JSON))
+                continue
+            if fhir_bundle is None:
+                from bridge.translate import record_to_fhir
+
+                fhir_bundle = record_to_fhir(record)
+            if wanted == "fhir":
+                deliveries.append(NewDelivery(r.system.id, orjson.dumps(fhir_bundle), FHIR_JSON))
+            elif wanted == CANONICAL:
+                deliveries.append(
+                    NewDelivery(
+                        r.system.id, record.model_dump_json(exclude_none=True).encode(), MUNICIPAL_JSON
+                    )
+                )
+            else:
+                target = loaded_set(wanted)
+                document, _ = target.to_municipal(fhir_bundle)
+                deliveries.append(NewDelivery(r.system.id, orjson.dumps(document), MUNICIPAL_JSON))
+                versions.append(target.version)
         return self._accept_municipal(
-            caller, KIND_MUNICIPAL_RECORD, header_id, header_id, key, body, deliveries, resolved
+            caller,
+            KIND_MUNICIPAL_RECORD,
+            header_id,
+            header_id,
+            key,
+            body,
+            deliveries,
+            resolved,
+            mapping_version="; ".join(dict.fromkeys(versions)),
         )
 
     def municipal_correspondence(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
@@ -560,6 +593,8 @@ class Ingress:
         body: bytes,
         deliveries: list[NewDelivery],
         receivers: Sequence[Receiver],
+        *,
+        mapping_version: str | None = None,
     ) -> Reply:
         message_id = str(uuid.uuid4())
         response = orjson.dumps(accepted_outcome(message_id, header_id, receivers))
@@ -574,6 +609,7 @@ class Ingress:
                 content_type=MUNICIPAL_JSON,
                 received_at=self.clock.now(),
                 response=response,
+                mapping_version=mapping_version,
                 id=message_id,
             ),
             deliveries,

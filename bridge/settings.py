@@ -243,7 +243,11 @@ class System(_Model):
     organisations: list[Organisation] = Field(min_length=1)
     inbound: Inbound = Inbound()
     endpoint: str
-    format: Literal["fhir", "municipal-v1"] = "fhir"
+    format: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")] = Field(
+        default="fhir",
+        description="fhir (MedCom messages, FHIR Bundles) or the name of a mapping set under the "
+        "mappings folder (municipal-v1, borgerjournal-v1, ...)",
+    )
     outbound: Outbound = Outbound()
     timeout: Duration = timedelta(seconds=30)
     concurrency: int = Field(default=4, ge=1, le=256)
@@ -350,6 +354,18 @@ class Settings(_Model):
 
 
 # -- loading -----------------------------------------------------------------------------------------
+
+
+def mapping_formats() -> list[str]:
+    """The municipal formats the installed mapping sets provide (folder names; nothing is compiled)."""
+    from bridge.errors import MappingSpecError
+    from bridge.mapping.registry import discover
+    from bridge.translate import mappings_root
+
+    try:
+        return [folder.name for folder in discover(mappings_root())]
+    except MappingSpecError:
+        return []
 
 
 def format_path(loc: tuple[int | str, ...]) -> str:
@@ -496,10 +512,17 @@ def _cross_check(settings: Settings) -> list[Issue]:
                     )
                 )
             tokens.setdefault(token.sha256, system.id)
-        if system.format == "municipal-v1" and system.kind != "municipality":
-            issues.append(
-                error("only a municipality speaks municipal-v1; a hospital speaks fhir", f"{where}.format")
-            )
+        if system.format != "fhir":
+            if system.kind != "municipality":
+                issues.append(
+                    error(
+                        f"only a municipality speaks {system.format}; a hospital speaks fhir",
+                        f"{where}.format",
+                    )
+                )
+            elif system.format not in mapping_formats():
+                known = ", ".join(["fhir", *mapping_formats()])
+                issues.append(error(f"unknown format {system.format!r}; one of {known}", f"{where}.format"))
         if system.retry is not None:
             merged = settings.retry.model_dump() | system.retry.model_dump(exclude_none=True)
             for field, why in policy_problems(**merged):

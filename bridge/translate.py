@@ -7,6 +7,8 @@ The pure entry points the command line and the service use. Input errors come ba
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,10 +54,17 @@ _default: tuple[str | None, MappingSet] | None = None
 
 
 def mapping_set(directory: Path | None = None) -> MappingSet:
-    """The compiled mappings of ``directory`` (default: ``default_mappings_dir()``), compiled once."""
+    """The compiled mappings of ``directory`` (default: the canonical set), compiled once.
+
+    Once the mapping sets are loaded as a whole (``mapping_sets``, as the service does), the default is
+    the canonical set of that registry, so a reload changes it too.
+    """
     global _default
     if directory is None:
+        state = _state
         configured = os.environ.get(MAPPINGS_ENV)
+        if state is not None and state[0] == configured:
+            return state[2][CANONICAL].mappings  # type: ignore[no-any-return]
         if _default is None or _default[0] != configured:
             _default = (configured, _load(str(default_mappings_dir().resolve())))
         return _default[1]
@@ -117,18 +126,63 @@ def fhir_to_record(
 
 
 # ------------------------------------------------------------------------------------------ mapping sets
-_sets: tuple[str, dict[str, Any]] | None = None
+#: (BRIDGE_MAPPINGS_DIR as set, the resolved root, the loaded sets by name)
+_state: tuple[str | None, str, dict[str, Any]] | None = None
+_reload_lock = threading.Lock()
 
 
-def mapping_sets(*, reload: bool = False) -> dict[str, Any]:
+def mapping_sets() -> dict[str, Any]:
     """Every mapping set under ``mappings_root()`` by name (``LoadedSet``), loaded once."""
     from bridge.mapping.registry import load_all
 
-    global _sets
-    root = str(mappings_root().resolve())
-    if reload or _sets is None or _sets[0] != root:
-        _sets = (root, load_all(Path(root)))
-    return _sets[1]
+    global _state
+    configured = os.environ.get(MAPPINGS_ENV)
+    state = _state
+    if state is None or state[0] != configured:
+        root = str(mappings_root().resolve())
+        state = _state = (configured, root, load_all(Path(root)))
+    return state[2]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What a reload did: ``swapped`` only when every set compiled and every case passed."""
+
+    swapped: bool
+    versions: dict[str, str]  # the versions in force after the reload
+    problems: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"swapped": self.swapped, "versions": self.versions, "problems": list(self.problems)}
+
+
+def reload_mappings() -> ReloadReport:
+    """Load the mapping sets again, test them against their own cases, and put them in force only if
+    every set compiles and every case passes; otherwise the sets in force stay, and the report says why."""
+    from bridge.errors import MappingSpecError
+    from bridge.mapping.cases import discover, run_case
+    from bridge.mapping.registry import load_all
+
+    global _state
+    with _reload_lock:
+        current = mapping_sets()
+        in_force = {name: s.version for name, s in current.items()}
+        root = str(mappings_root().resolve())
+        try:
+            candidate = load_all(Path(root))
+        except MappingSpecError as exc:
+            return ReloadReport(False, in_force, (f"broken mapping spec: {exc}",))
+        problems = []
+        if CANONICAL not in candidate:
+            problems.append(f"the canonical set {CANONICAL} is missing")
+        for name, loaded in sorted(candidate.items()):
+            for case in discover(loaded):
+                result = run_case(loaded, case)
+                problems.extend(f"{name} / {case.name}: {p}" for p in result.problems)
+        if problems:
+            return ReloadReport(False, in_force, tuple(problems))
+        _state = (os.environ.get(MAPPINGS_ENV), root, candidate)
+        return ReloadReport(True, {name: s.version for name, s in candidate.items()})
 
 
 def loaded_set(name: str) -> Any:

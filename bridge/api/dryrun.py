@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import anyio.to_thread
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -15,7 +16,7 @@ from bridge.api.errors import error_responses
 from bridge.errors import InvalidInput
 from bridge.fhir.outcome import Outcome
 from bridge.ingress import FHIR_JSON, FHIR_XML, answer_format, render, request_format
-from bridge.settings import Settings
+from bridge.settings import Settings, System
 
 router = APIRouter(tags=["Dry runs"])
 
@@ -28,14 +29,39 @@ class Target(StrEnum):
     municipal = "municipal"
 
 
+def _caller_format(caller: System) -> str | None:
+    """A caller that speaks a mapping set other than the canonical one gets it by default."""
+    return caller.format if caller.format not in ("fhir", "municipal-v1") else None
+
+
 def translate(
-    settings: Settings, body: bytes, content_type: str | None, accept: str | None, to: Target
+    settings: Settings,
+    body: bytes,
+    content_type: str | None,
+    accept: str | None,
+    to: Target,
+    mapping: str | None = None,
 ) -> tuple[bytes, str, Outcome]:
-    """Translate municipal JSON to FHIR (``to=fhir``) or FHIR JSON/XML to municipal JSON."""
+    """Translate municipal JSON to FHIR (``to=fhir``) or FHIR JSON/XML to municipal JSON; with ``mapping``,
+    through that mapping set (a municipal format such as borgerjournal-v1)."""
     from bridge.fhir.parse import parse_fhir, parse_json
-    from bridge.translate import fhir_to_municipal, municipal_to_fhir
+    from bridge.translate import CANONICAL, fhir_to_municipal, loaded_set, municipal_to_fhir
 
     limits = settings.limits
+    if mapping is not None and mapping != CANONICAL:
+        chosen = loaded_set(mapping)
+        if to is Target.fhir:
+            document = parse_json(body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+            out, media = render(chosen.to_fhir(document), answer_format(accept, "json"))
+            return out, media, Outcome()
+        resource = parse_fhir(
+            body,
+            request_format(content_type, body),
+            max_bytes=limits.max_body_bytes,
+            max_depth=limits.max_depth,
+        )
+        document, outcome = chosen.to_municipal(resource)
+        return orjson.dumps(document), "application/json", outcome
     if to is Target.fhir:
         data = parse_json(body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
         if not isinstance(data, dict):
@@ -52,13 +78,25 @@ def translate(
 
 
 def validate(
-    settings: Settings, body: bytes, content_type: str | None, accept: str | None
+    settings: Settings, body: bytes, content_type: str | None, accept: str | None, mapping: str | None = None
 ) -> tuple[bytes, str]:
-    """Validate FHIR JSON/XML (a MedCom message gets the full MedCom validation)."""
-    from bridge.fhir.parse import parse_fhir
+    """Validate FHIR JSON/XML (a MedCom message gets the full MedCom validation); with ``mapping``, a
+    municipal document of that format: its schema, its translation and the FHIR that comes out."""
+    from bridge.fhir.parse import parse_fhir, parse_json
     from bridge.validation import validate_parsed
 
     limits = settings.limits
+    if mapping is not None:
+        from bridge.mapping.registry import check_output
+        from bridge.translate import loaded_set
+
+        chosen = loaded_set(mapping)
+        document = parse_json(body, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
+        try:
+            checked = check_output(chosen.to_fhir(document))
+        except InvalidInput as exc:
+            checked = exc.outcome
+        return render(checked.to_fhir(), answer_format(accept, "json"))
     fmt = request_format(content_type, body)
     resource = parse_fhir(body, fmt, max_bytes=limits.max_body_bytes, max_depth=limits.max_depth)
     outcome: dict[str, Any] = validate_parsed(resource).to_fhir()
@@ -68,7 +106,8 @@ def validate(
 @router.post(
     "/translate",
     summary="Translate without sending",
-    description="`to=fhir`: municipal JSON (care record, hospital stay event or correspondence) to FHIR; "
+    description="`to=fhir`: municipal JSON (care record, hospital stay event or correspondence; with "
+    "`mapping`, a document of that mapping set) to FHIR; "
     "`to=municipal`: FHIR (JSON or XML) to its municipal form. Elements the municipal form cannot keep "
     f"are counted in the `{WARNINGS_HEADER}` header (list them with `POST /validate` or the CLI).",
     responses={
@@ -83,11 +122,22 @@ async def post_translate(
     request: Request,
     caller: SystemCaller,
     to: Annotated[Target, Query(description="Translate to fhir or to municipal")] = Target.fhir,
+    mapping: Annotated[
+        str | None,
+        Query(description="The municipal format (mapping set), e.g. borgerjournal-v1; default: the caller's"),
+    ] = None,
 ) -> Response:
     settings = settings_of(request)
     body = await read_body(request, settings.limits.max_body_bytes)
+    chosen = mapping or _caller_format(caller)
     out, media, outcome = await anyio.to_thread.run_sync(
-        translate, settings, body, request.headers.get("content-type"), request.headers.get("accept"), to
+        translate,
+        settings,
+        body,
+        request.headers.get("content-type"),
+        request.headers.get("accept"),
+        to,
+        chosen,
     )
     headers = {WARNINGS_HEADER: str(len(outcome.issues))} if outcome.issues else None
     return Response(out, media_type=media, headers=headers)
@@ -110,10 +160,17 @@ async def post_translate(
         **error_responses(400, 401, 413, 415),
     },
 )
-async def post_validate(request: Request, caller: SystemCaller) -> Response:
+async def post_validate(
+    request: Request,
+    caller: SystemCaller,
+    mapping: Annotated[
+        str | None,
+        Query(description="Validate a municipal document of this format (mapping set) instead of FHIR"),
+    ] = None,
+) -> Response:
     settings = settings_of(request)
     body = await read_body(request, settings.limits.max_body_bytes)
     out, media = await anyio.to_thread.run_sync(
-        validate, settings, body, request.headers.get("content-type"), request.headers.get("accept")
+        validate, settings, body, request.headers.get("content-type"), request.headers.get("accept"), mapping
     )
     return Response(out, media_type=media)

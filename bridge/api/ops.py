@@ -106,6 +106,7 @@ def message_json(m: MessageRecord) -> dict[str, Any]:
         "received_at": _ts(m.received_at),
         "state": m.state,
         "payload_purged": m.payload_purged,
+        "mapping_version": m.mapping_version,
     }
 
 
@@ -317,3 +318,55 @@ async def retry_delivery(request: Request, delivery_id: str, caller: OperatorCal
     now = clock_of(request).now()
     found = await anyio.to_thread.run_sync(_retry, store_of(request), delivery_id, caller, now)
     return _json(found)
+
+
+# -- mappings ---------------------------------------------------------------------------------------------
+@router.get(
+    "/admin/mappings",
+    summary="The mapping sets in force",
+    description="Name and version (`name@version+digest of the files`) of every mapping set in force; each "
+    "stored message records the versions that translated it (operators only).",
+    responses={
+        **_ok("Versions by set", {"municipal-v1": "municipal-v1@1.0.0+8f8a51d2da94"}),
+        **error_responses(401, 403),
+    },
+)
+async def get_mappings(request: Request, caller: OperatorCaller) -> Response:
+    from bridge.translate import mapping_sets
+
+    sets = await anyio.to_thread.run_sync(mapping_sets)
+    return _json({name: loaded.version for name, loaded in sorted(sets.items())})
+
+
+@router.post(
+    "/admin/mappings/reload",
+    summary="Reload the mapping sets",
+    description="Loads the mapping sets from disk again, compiles them and runs every set's golden cases; "
+    "only if all of that passes do the new mappings take effect (200 with the versions now in force). "
+    "Otherwise the mappings in force stay and the answer is 422 with an OperationOutcome naming each "
+    "problem. The same happens when the service receives SIGHUP (operators only).",
+    responses={
+        **_ok("Reloaded", {"swapped": True, "versions": {"municipal-v1": "municipal-v1@1.0.0+8f8a51d2da94"}}),
+        **error_responses(401, 403, 422),
+    },
+)
+async def post_mappings_reload(request: Request, caller: OperatorCaller) -> Response:
+    from bridge.fhir.outcome import Issue, Outcome
+    from bridge.translate import reload_mappings
+
+    report = await anyio.to_thread.run_sync(reload_mappings)
+    now = clock_of(request).now()
+    await anyio.to_thread.run_sync(
+        store_of(request).append_audit,
+        audit.mappings_reloaded(
+            recorded=now, actor=caller.name, swapped=report.swapped, versions=list(report.versions.values())
+        ),
+    )
+    if report.swapped:
+        return _json(report.to_json())
+    issues = [Issue("error", "invariant", problem) for problem in report.problems]
+    in_force = ", ".join(report.versions.values())
+    issues.append(Issue("information", "informational", f"the mappings in force stay: {in_force}"))
+    return Response(
+        orjson.dumps(Outcome(issues).to_fhir()), status_code=422, media_type="application/fhir+json"
+    )

@@ -161,8 +161,9 @@ class InterventionCoding:
         for at, concept in _select(resource, self.path, where):
             codings = _select(concept, "coding", at)
             level2 = [(a, c) for a, c in codings if isinstance(c, dict) and c.get("system") == FSIII]
-            level3 = [(a, c) for a, c in codings
-                      if isinstance(c, dict) and c.get("system") == LOCAL_INTERVENTIONS]
+            level3 = [
+                (a, c) for a, c in codings if isinstance(c, dict) and c.get("system") == LOCAL_INTERVENTIONS
+            ]
             for a, c in codings:
                 if not isinstance(c, dict) or c.get("system") not in (FSIII, LOCAL_INTERVENTIONS):
                     message = "only FSIII (level 2) and local (level 3) codings are allowed"
@@ -245,8 +246,9 @@ def _goal_addresses_home_care(goal: dict[str, Any], ctx: _Context) -> str | None
 
 
 def _follow_up_has_reason(encounter: dict[str, Any], ctx: _Context) -> str | None:
-    follow_up = any(isinstance(c, dict) and c.get("code") == FOLLOW_UP
-                    for _, c in _select(encounter, "type.coding", ""))
+    follow_up = any(
+        isinstance(c, dict) and c.get("code") == FOLLOW_UP for _, c in _select(encounter, "type.coding", "")
+    )
     return "reasonReference" if follow_up and not encounter.get("reasonReference") else None
 
 
@@ -281,101 +283,220 @@ _CHOICES = {
     "abatement": ("DateTime", "Age", "Period", "Range", "String"),
 }
 
-CONDITION = Profile("klgateway-care-condition", "Condition", (
-    *_absent("identifier", "bodySite", "encounter", "recorder", "asserter", "stage", "evidence", "note"),
-    *_absent(*(f"{e}{t}" for e, types in _CHOICES.items() for t in types)),
-    *_coding_extras("clinicalStatus", "verificationStatus", "category"),
-    Count("clinicalStatus", "coding", 1, 1),
-    Count("verificationStatus", "coding", 1, 1),
-    Count("", "category", 0, 1),
-    Count("category", "coding", 1, 1),
-    Fixed("category.coding.code", "problem-list-item"),
-    Count("severity", "coding", 1, 1),
-    Fsiii("severity.coding", _SEVERITY),
-    Count("", "code", 1, 1),
-    Count("code", "coding", 1, 1),
-    Fsiii("code.coding", _CONDITION_GROUPS),
-    Count("", "recordedDate", 1, 1),
-    Count("", "subject", 1, 1),
-    Bundled("subject", ("Patient",)),
-    Invariant("klgateway-severity-mandatory-in-home-care-not-allowed-in-nursing",
-              "the severity is mandatory for home care and not allowed for nursing conditions",
-              _severity_rule),
-))
+CONDITION = Profile(
+    "klgateway-care-condition",
+    "Condition",
+    (
+        *_absent("identifier", "bodySite", "encounter", "recorder", "asserter", "stage", "evidence", "note"),
+        *_absent(*(f"{e}{t}" for e, types in _CHOICES.items() for t in types)),
+        *_coding_extras("clinicalStatus", "verificationStatus", "category"),
+        Count("clinicalStatus", "coding", 1, 1),
+        Count("verificationStatus", "coding", 1, 1),
+        Count("", "category", 0, 1),
+        Count("category", "coding", 1, 1),
+        Fixed("category.coding.code", "problem-list-item"),
+        Count("severity", "coding", 1, 1),
+        Fsiii("severity.coding", _SEVERITY),
+        Count("", "code", 1, 1),
+        Count("code", "coding", 1, 1),
+        Fsiii("code.coding", _CONDITION_GROUPS),
+        Count("", "recordedDate", 1, 1),
+        Count("", "subject", 1, 1),
+        Bundled("subject", ("Patient",)),
+        Invariant(
+            "klgateway-severity-mandatory-in-home-care-not-allowed-in-nursing",
+            "the severity is mandatory for home care and not allowed for nursing conditions",
+            _severity_rule,
+        ),
+    ),
+)
 
-GOAL = Profile("klgateway-care-goal", "Goal", (
-    *_absent("identifier", "achievementStatus", "priority", "statusDate", "statusReason", "expressedBy",
-             "note", "outcomeCode", "outcomeReference", "startCodeableConcept"),
-    *_absent(*(f"target.detail{t}" for t in ("Quantity", "Range", "String", "Boolean", "Integer", "Ratio"))),
-    *_coding_extras("category", "target.measure", display=False),
-    Count("", "category", 1, 1),
-    Count("category", "coding", 1, 1),
-    FixedCoding("category.coding", KL_COMMON_CODES, "ca552020-6ed1-4cdc-b0d4-32697f1f27ad"),
-    Count("description", "coding", 1, 1),
-    FixedCoding("description.coding", FSIII, "e182c5dc-9f91-474a-92e8-f62be3d498f4"),
-    Count("", "startDate", 1, 1),
-    Count("", "target", 1, 1),
-    Count("target", "measure", 1, 1),
-    Count("target.measure", "coding", 1, 1),
-    FixedCoding("target.measure.coding", KL_COMMON_CODES, "66959f77-6e2a-4574-8423-3ff097f8b9fa"),
-    Fsiii("target.detailCodeableConcept.coding", _SEVERITY),
-    Bundled("subject", ("Patient",)),
-    Count("", "addresses", 1, 1),
-    Bundled("addresses", ("Condition",)),
-    Invariant("klgateway-adresses-must-be-home-care-condition",
-              "the goal is only allowed to address home care conditions", _goal_addresses_home_care),
-))
+GOAL = Profile(
+    "klgateway-care-goal",
+    "Goal",
+    (
+        *_absent(
+            "identifier",
+            "achievementStatus",
+            "priority",
+            "statusDate",
+            "statusReason",
+            "expressedBy",
+            "note",
+            "outcomeCode",
+            "outcomeReference",
+            "startCodeableConcept",
+        ),
+        *_absent(
+            *(f"target.detail{t}" for t in ("Quantity", "Range", "String", "Boolean", "Integer", "Ratio"))
+        ),
+        *_coding_extras("category", "target.measure", display=False),
+        Count("", "category", 1, 1),
+        Count("category", "coding", 1, 1),
+        FixedCoding("category.coding", KL_COMMON_CODES, "ca552020-6ed1-4cdc-b0d4-32697f1f27ad"),
+        Count("description", "coding", 1, 1),
+        FixedCoding("description.coding", FSIII, "e182c5dc-9f91-474a-92e8-f62be3d498f4"),
+        Count("", "startDate", 1, 1),
+        Count("", "target", 1, 1),
+        Count("target", "measure", 1, 1),
+        Count("target.measure", "coding", 1, 1),
+        FixedCoding("target.measure.coding", KL_COMMON_CODES, "66959f77-6e2a-4574-8423-3ff097f8b9fa"),
+        Fsiii("target.detailCodeableConcept.coding", _SEVERITY),
+        Bundled("subject", ("Patient",)),
+        Count("", "addresses", 1, 1),
+        Bundled("addresses", ("Condition",)),
+        Invariant(
+            "klgateway-adresses-must-be-home-care-condition",
+            "the goal is only allowed to address home care conditions",
+            _goal_addresses_home_care,
+        ),
+    ),
+)
 
-PLANNED_INTERVENTION = Profile("klgateway-care-planned-intervention", "CarePlan", (
-    *_absent("identifier", "instantiatesCanonical", "instantiatesUri", "basedOn", "replaces", "partOf",
-             "category", "title", "description", "encounter", "created", "author", "contributor",
-             "careTeam", "addresses", "supportingInfo", "goal", "note"),
-    *_absent(*(f"activity.{e}"
-               for e in ("outcomeCodeableConcept", "outcomeReference", "progress", "reference"))),
-    *_absent(*(f"activity.detail.{e}" for e in (
-        "kind", "instantiatesCanonical", "instantiatesUri", "reasonCode", "goal", "statusReason",
-        "doNotPerform", "scheduledTiming", "scheduledPeriod", "scheduledString", "location", "performer",
-        "productCodeableConcept", "productReference", "dailyAmount", "quantity", "description"))),
-    Fixed("intent", "plan"),
-    Count("", "period", 1, 1),
-    Count("period", "start", 1, 1),
-    Count("", "activity", 1, 1),
-    Count("activity", "detail", 1, 1),
-    Count("activity.detail", "code", 1, 1),
-    InterventionCoding("activity.detail.code"),
-    Bundled("subject", ("Patient",)),
-    Bundled("activity.detail.reasonReference", ("Condition",)),
-))
+PLANNED_INTERVENTION = Profile(
+    "klgateway-care-planned-intervention",
+    "CarePlan",
+    (
+        *_absent(
+            "identifier",
+            "instantiatesCanonical",
+            "instantiatesUri",
+            "basedOn",
+            "replaces",
+            "partOf",
+            "category",
+            "title",
+            "description",
+            "encounter",
+            "created",
+            "author",
+            "contributor",
+            "careTeam",
+            "addresses",
+            "supportingInfo",
+            "goal",
+            "note",
+        ),
+        *_absent(
+            *(
+                f"activity.{e}"
+                for e in ("outcomeCodeableConcept", "outcomeReference", "progress", "reference")
+            )
+        ),
+        *_absent(
+            *(
+                f"activity.detail.{e}"
+                for e in (
+                    "kind",
+                    "instantiatesCanonical",
+                    "instantiatesUri",
+                    "reasonCode",
+                    "goal",
+                    "statusReason",
+                    "doNotPerform",
+                    "scheduledTiming",
+                    "scheduledPeriod",
+                    "scheduledString",
+                    "location",
+                    "performer",
+                    "productCodeableConcept",
+                    "productReference",
+                    "dailyAmount",
+                    "quantity",
+                    "description",
+                )
+            )
+        ),
+        Fixed("intent", "plan"),
+        Count("", "period", 1, 1),
+        Count("period", "start", 1, 1),
+        Count("", "activity", 1, 1),
+        Count("activity", "detail", 1, 1),
+        Count("activity.detail", "code", 1, 1),
+        InterventionCoding("activity.detail.code"),
+        Bundled("subject", ("Patient",)),
+        Bundled("activity.detail.reasonReference", ("Condition",)),
+    ),
+)
 
-COMPLETED_INTERVENTION = Profile("klgateway-care-completed-intervention", "Procedure", (
-    *_absent("identifier", "instantiatesCanonical", "instantiatesUri", "basedOn", "partOf", "statusReason",
-             "category", "encounter", "recorder", "asserter", "performer", "location", "reasonCode",
-             "bodySite", "outcome", "report", "complication", "complicationDetail", "followUp", "note",
-             "focalDevice", "usedReference", "usedCode"),
-    *_absent(*(f"performed{t}" for t in ("Period", "String", "Age", "Range"))),
-    Count("", "code", 1, 1),
-    InterventionCoding("code"),
-    Count("", "performedDateTime", 1, 1),
-    Bundled("subject", ("Patient",)),
-    Bundled("reasonReference", ("Condition",)),
-))
+COMPLETED_INTERVENTION = Profile(
+    "klgateway-care-completed-intervention",
+    "Procedure",
+    (
+        *_absent(
+            "identifier",
+            "instantiatesCanonical",
+            "instantiatesUri",
+            "basedOn",
+            "partOf",
+            "statusReason",
+            "category",
+            "encounter",
+            "recorder",
+            "asserter",
+            "performer",
+            "location",
+            "reasonCode",
+            "bodySite",
+            "outcome",
+            "report",
+            "complication",
+            "complicationDetail",
+            "followUp",
+            "note",
+            "focalDevice",
+            "usedReference",
+            "usedCode",
+        ),
+        *_absent(*(f"performed{t}" for t in ("Period", "String", "Age", "Range"))),
+        Count("", "code", 1, 1),
+        InterventionCoding("code"),
+        Count("", "performedDateTime", 1, 1),
+        Bundled("subject", ("Patient",)),
+        Bundled("reasonReference", ("Condition",)),
+    ),
+)
 
-GENERAL_ENCOUNTER = Profile("klgateway-care-general-encounter", "Encounter", (
-    *_absent("identifier", "statusHistory", "class.version", "class.userSelected", "classHistory",
-             "serviceType", "priority", "episodeOfCare", "basedOn", "participant", "appointment",
-             "length", "reasonCode", "diagnosis", "account", "hospitalization", "location",
-             "serviceProvider", "partOf"),
-    *_coding_extras("type", display=False),
-    Count("", "type", 1, None),
-    Count("type", "coding", 1, 1),
-    Count("", "subject", 1, 1),
-    Bundled("subject", ("Patient",)),
-    Count("", "period", 1, 1),
-    Count("period", "start", 1, 1),
-    Bundled("reasonReference", ("Condition",)),
-    Invariant("klgateway-follow-up-references-condition",
-              "a follow-up encounter must reference the conditions it follows up", _follow_up_has_reason),
-))
+GENERAL_ENCOUNTER = Profile(
+    "klgateway-care-general-encounter",
+    "Encounter",
+    (
+        *_absent(
+            "identifier",
+            "statusHistory",
+            "class.version",
+            "class.userSelected",
+            "classHistory",
+            "serviceType",
+            "priority",
+            "episodeOfCare",
+            "basedOn",
+            "participant",
+            "appointment",
+            "length",
+            "reasonCode",
+            "diagnosis",
+            "account",
+            "hospitalization",
+            "location",
+            "serviceProvider",
+            "partOf",
+        ),
+        *_coding_extras("type", display=False),
+        Count("", "type", 1, None),
+        Count("type", "coding", 1, 1),
+        Count("", "subject", 1, 1),
+        Bundled("subject", ("Patient",)),
+        Count("", "period", 1, 1),
+        Count("period", "start", 1, 1),
+        Bundled("reasonReference", ("Condition",)),
+        Invariant(
+            "klgateway-follow-up-references-condition",
+            "a follow-up encounter must reference the conditions it follows up",
+            _follow_up_has_reason,
+        ),
+    ),
+)
 
 #: The checked profiles by resource type.
 PROFILES: dict[str, Profile] = {
@@ -410,8 +531,9 @@ def _run(profile: Profile, resource: dict[str, Any], where: str, ctx: _Context) 
             yield error(f"{profile.id}: {message}", at, code=code)
 
 
-def check_resource(resource: dict[str, Any], bundle: dict[str, Any] | None = None,
-                   where: str | None = None) -> Outcome:
+def check_resource(
+    resource: dict[str, Any], bundle: dict[str, Any] | None = None, where: str | None = None
+) -> Outcome:
     """Check one resource against its KL Gateway profile; references resolve inside ``bundle``."""
     outcome = Outcome()
     profile = PROFILES.get(str(resource.get("resourceType")))
@@ -427,8 +549,7 @@ def check_bundle(bundle: dict[str, Any]) -> Outcome:
     Returns an Outcome with one error per violated constraint, located at the offending element.
     """
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        return Outcome([error("KL Gateway data is delivered as a Bundle", "resourceType",
-                              code="structure")])
+        return Outcome([error("KL Gateway data is delivered as a Bundle", "resourceType", code="structure")])
     ctx = _Context(_index(bundle))
     outcome = Outcome()
     for i, entry in enumerate(bundle.get("entry") or ()):

@@ -141,8 +141,9 @@ def _safe_tree(body: bytes, max_depth: int) -> etree._Element:
                     root = element
                     docinfo = element.getroottree().docinfo
                     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-                        raise _fail("XML with a DOCTYPE (DTD or entity declarations) is not accepted",
-                                    code="security")
+                        raise _fail(
+                            "XML with a DOCTYPE (DTD or entity declarations) is not accepted", code="security"
+                        )
                 depth += 1
                 if depth > max_depth:
                     raise _fail(f"XML nests deeper than {max_depth} elements", code="too-long")
@@ -152,8 +153,9 @@ def _safe_tree(body: bytes, max_depth: int) -> etree._Element:
         line, column = exc.position if exc.position else (0, 0)
         message = str(exc.msg or exc).split(", line ")[0]
         if "DOCTYPE" in message or "Entity" in message or "entity" in message:
-            raise _fail(f"XML with entities or a DOCTYPE is not accepted: {message}",
-                        code="security") from exc
+            raise _fail(
+                f"XML with entities or a DOCTYPE is not accepted: {message}", code="security"
+            ) from exc
         raise _fail(f"Invalid XML at line {line}, column {column}: {message}") from exc
     if root is None:
         raise _fail("The XML document has no root element")
@@ -199,8 +201,16 @@ class _XmlReader:
         self.fill(element, name, out, at, is_resource=True)
         return out
 
-    def fill(self, element: etree._Element, type_name: str, out: dict[str, Any], where: str,
-             *, is_resource: bool = False, primitive: bool = False) -> None:
+    def fill(
+        self,
+        element: etree._Element,
+        type_name: str,
+        out: dict[str, Any],
+        where: str,
+        *,
+        is_resource: bool = False,
+        primitive: bool = False,
+    ) -> None:
         elements = element_info(type_name)
         for attr_name, value in element.attrib.items():
             attr = str(attr_name)
@@ -232,8 +242,14 @@ class _XmlReader:
             if any(e is not None for e in exts):
                 out["_" + name] = exts if elements[name].is_list else exts[0]
 
-    def child(self, child: etree._Element, info: ElementInfo, out: dict[str, Any],
-              extensions: dict[str, list[Any]], where: str) -> None:
+    def child(
+        self,
+        child: etree._Element,
+        info: ElementInfo,
+        out: dict[str, Any],
+        extensions: dict[str, list[Any]],
+        where: str,
+    ) -> None:
         name = info.name
         if info.is_list:
             index = len(out.setdefault(name, []))
@@ -332,8 +348,15 @@ class _XmlWriter:
         self.fill(resource, kind, element, where, is_resource=True)
         return element
 
-    def fill(self, obj: dict[str, Any], type_name: str, element: etree._Element, where: str,
-             *, is_resource: bool = False) -> None:
+    def fill(
+        self,
+        obj: dict[str, Any],
+        type_name: str,
+        element: etree._Element,
+        where: str,
+        *,
+        is_resource: bool = False,
+    ) -> None:
         if not is_resource and "id" in obj:
             element.set("id", str(obj["id"]))
         if type_name == "Extension" and "url" in obj:
@@ -398,8 +421,9 @@ def sniff_format(body: bytes, content_type: str | None) -> Format:
         return "json"
     if head == b"<":
         return "xml"
-    raise _fail("Cannot tell the format: send application/fhir+json or application/fhir+xml",
-                code="not-supported")
+    raise _fail(
+        "Cannot tell the format: send application/fhir+json or application/fhir+xml", code="not-supported"
+    )
 
 
 def parse_fhir(

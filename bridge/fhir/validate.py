@@ -115,9 +115,26 @@ def fhirpath(root: str, loc: typing.Iterable[str | int]) -> str:
 
 
 _TYPE_ERRORS = frozenset(
-    {"string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type", "model_type",
-     "model_attributes_type", "decimal_type", "date_type", "datetime_type", "time_type", "bytes_type",
-     "int_from_float", "int_parsing", "bool_parsing", "float_parsing", "decimal_parsing"}
+    {
+        "string_type",
+        "int_type",
+        "float_type",
+        "bool_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+        "decimal_type",
+        "date_type",
+        "datetime_type",
+        "time_type",
+        "bytes_type",
+        "int_from_float",
+        "int_parsing",
+        "bool_parsing",
+        "float_parsing",
+        "decimal_parsing",
+    }
 )
 
 
@@ -201,8 +218,9 @@ def _empty_and_type_issues(value: Any, type_name: str, path: str, out: list[Issu
         if not isinstance(node, dict):
             continue
         if not node:
-            out.append(error("An element must have a value or children; this one is empty", where,
-                             code="structure"))
+            out.append(
+                error("An element must have a value or children; this one is empty", where, code="structure")
+            )
             continue
         elements = element_info(tname) if tname else {}
         for key, child in node.items():
@@ -255,8 +273,9 @@ def _validate_one(resource: Any, path: str | None, out: list[Issue]) -> None:
         return
     cls = resource_class(kind)
     if cls is None:
-        out.append(error(f"Unknown resource type '{kind[:64]}'", f"{where}" if path else kind,
-                         code="not-supported"))
+        out.append(
+            error(f"Unknown resource type '{kind[:64]}'", f"{where}" if path else kind, code="not-supported")
+        )
         return
     root = path or kind
     nested = list(_nested(resource))
@@ -316,16 +335,22 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
         if not isinstance(full_url, str):
             continue
         if full_url in first_seen and bundle.get("type") != "history":
-            issues.append(error(f"fullUrl is also used by entry[{first_seen[full_url]}]",
-                                f"Bundle.entry[{i}].fullUrl", code="duplicate"))
+            issues.append(
+                error(
+                    f"fullUrl is also used by entry[{first_seen[full_url]}]",
+                    f"Bundle.entry[{i}].fullUrl",
+                    code="duplicate",
+                )
+            )
         first_seen.setdefault(full_url, i)
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
             continue
         for ref, where in _references(entry["resource"], f"Bundle.entry[{i}].resource"):
             if ref.startswith("urn:uuid:") and ref not in first_seen:
-                issues.append(error(f"Reference {ref} resolves to no entry of this Bundle", where,
-                                    code="not-found"))
+                issues.append(
+                    error(f"Reference {ref} resolves to no entry of this Bundle", where, code="not-found")
+                )
     return issues
 
 

@@ -212,6 +212,8 @@ def test_openapi_documents_every_endpoint_with_the_error_schema(bed: Bed) -> Non
         ("/validate", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/admin/mappings", "get"),
+        ("/admin/mappings/reload", "post"),
     }
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected
     for path, method in expected:
