@@ -154,15 +154,16 @@ async def process_message(request: Request, caller: SystemCaller) -> Response:
     ingress = ingress_of(request)
     body = await read_body(request, settings_of(request).limits.max_body_bytes)
     try:
-        # Validation is pure CPU work under the GIL: a thread would only add hand-offs. The commit
-        # waits on fsync, so it runs in a worker thread while the loop takes the next request.
-        prepared = ingress.prepare_message(
-            caller, body, request.headers.get("content-type"), request.headers.get("accept")
+        # The whole pipeline runs in a worker thread: preparing reads the store (duplicates, admission
+        # state), and a store that is down blocks each read for the pool timeout - on the event loop
+        # that would stall every other request, /readyz included, while the database is away.
+        reply: Reply = await anyio.to_thread.run_sync(
+            ingress.process_message,
+            caller,
+            body,
+            request.headers.get("content-type"),
+            request.headers.get("accept"),
         )
-        if isinstance(prepared, Reply):
-            reply = prepared
-        else:
-            reply = await anyio.to_thread.run_sync(ingress.commit, prepared)
     except InvalidInput as exc:
         await anyio.to_thread.run_sync(ingress.record_refusal, caller, exc)
         raise
