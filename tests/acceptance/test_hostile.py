@@ -162,3 +162,24 @@ def test_the_service_still_accepts_and_delivers_afterwards(stack: tuple[Bridge, 
     wait_until(lambda: len(municipality.messages()) == before + 2, 30, "both messages", bridge)
     assert {m["header_id"] for m in municipality.messages()[before:]} == {header_id(message), header_id(xml)}
     assert bridge.alive
+
+
+def test_the_capability_statement_and_openapi_are_published(stack: tuple[Bridge, Sim]) -> None:
+    bridge, _ = stack
+    with httpx.Client(base_url=bridge.url, timeout=10) as client:
+        statement = client.get("/fhir/metadata").json()
+        openapi = client.get("/openapi.json").json()
+        ready = client.get("/readyz")
+    assert statement["resourceType"] == "CapabilityStatement" and statement["fhirVersion"] == "4.0.1"
+    (messaging,) = statement["messaging"]
+    supported = {m["definition"].rsplit("/", 1)[1] for m in messaging["supportedMessage"]}
+    assert supported == {
+        "medcom-hospitalNotification-message",
+        "medcom-careCommunication-message",
+        "medcom-messaging-acknowledgement",
+    }
+    assert messaging["reliableCache"] > 0
+    assert (
+        "/fhir/$process-message" in openapi["paths"] and "/deliveries/{delivery_id}/retry" in openapi["paths"]
+    )
+    assert ready.status_code == 200
