@@ -46,3 +46,10 @@ bench-service: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## make reliability: the reliability tier with its long sizes (see docs/reliability.md); needs PostgreSQL
+.PHONY: reliability
+reliability: $(STAMP)
+	BRIDGE_RELIABILITY_KILLS=300 BRIDGE_RELIABILITY_MESSAGES=4000 \
+	BRIDGE_RELIABILITY_CONCURRENT_MESSAGES=10000 BRIDGE_RELIABILITY_RESTART_MESSAGES=3000 \
+	$(BIN)/python -m pytest -q -s -m reliability tests/reliability

@@ -54,7 +54,12 @@ def test_two_workers_and_an_api_node_on_one_postgres_claim_each_delivery_once_an
     def arrived() -> set[str]:
         return {m["header_id"] for sim in (municipality, rehab) for m in sim.messages()}
 
-    wait_until(lambda: acknowledged <= arrived(), 240, "every message at its receiver", workers[0])
+    wait_until(
+        lambda: acknowledged <= arrived(),
+        max(240, MESSAGES / 10),
+        "every message at its receiver",
+        workers[0],
+    )
     wait_until(lambda: not any(open_claims(postgres_url).values()), 60, "no open delivery", workers[0])
 
     for sim in (municipality, rehab):

@@ -73,7 +73,7 @@ def test_worker_killed_at_random_points_loses_nothing_and_duplicates_nothing_aft
         started.append(final)
         wait_until(
             lambda: acknowledged <= {m["header_id"] for m in municipality.messages()},
-            180,
+            max(180, MESSAGES / 20),
             "every acknowledged message at the receiver",
             final,
         )

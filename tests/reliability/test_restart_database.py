@@ -106,7 +106,12 @@ def test_a_database_restart_under_load_loses_nothing_acknowledged(
     sender = threading.Thread(target=send, args=(api.url, load), kwargs={"stop": stop_sending}, daemon=True)
     sender.start()
     try:
-        wait_until(lambda: len(load.acknowledged) >= MESSAGES // 3, 60, "a third of the load accepted", api)
+        wait_until(
+            lambda: len(load.acknowledged) >= MESSAGES // 3,
+            max(60, MESSAGES / 20),
+            "a third of the load accepted",
+            api,
+        )
         with _server_back_up_afterwards(postgres_url, version, name):
             stopped = _pg_ctl(version, name, "stop", "-m", "immediate")
             assert stopped.returncode == 0, stopped.stderr
@@ -125,7 +130,7 @@ def test_a_database_restart_under_load_loses_nothing_acknowledged(
             assert started_again.returncode == 0, started_again.stderr
             outage = time.monotonic() - down_at
         wait_until(lambda: _ready(api.url) == 200 and _ready(worker.url) == 200, 60, "ready again", api)
-        sender.join(120)
+        sender.join(max(120, MESSAGES / 10))
         assert not sender.is_alive(), "the senders did not finish after the restart"
     finally:
         stop_sending.set()
@@ -137,7 +142,7 @@ def test_a_database_restart_under_load_loses_nothing_acknowledged(
     assert load.failures > 0  # the senders did see the outage
     wait_until(
         lambda: acknowledged <= {m["header_id"] for m in municipality.messages()},
-        120,
+        max(120, MESSAGES / 10),
         "every acknowledged message at the receiver",
         worker,
     )
