@@ -499,6 +499,61 @@ def db_upgrade(
     sys.stdout.write(f"ok: {_redacted(url)}: {applied} migration(s) applied, the schema is up to date\n")
 
 
+audit_app = typer.Typer(help="Work with the audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The configuration file (YAML); uses store.url")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="The store URL (sqlite:///... or postgresql://...)")
+    ] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option("--anchor", help="SEQ:HASH printed by an earlier run; catches a trail cut back"),
+    ] = None,
+) -> None:
+    """Walk the audit trail's hash chain; exit 1 naming the first changed or missing record."""
+    from bridge.audit import verify_trail
+    from bridge.outbox import StoreError, open_store
+    from bridge.settings import check_settings_file
+
+    if (config is None) == (url is None):
+        _fail("give exactly one of --config FILE or --url URL", EXIT_USAGE)
+    pinned: tuple[int, str] | None = None
+    if anchor is not None:
+        seq, _, digest = anchor.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            _fail("--anchor must be SEQ:HASH (a record number and its 64-digit hash)", EXIT_USAGE)
+        pinned = (int(seq), digest.lower())
+    if config is not None:
+        settings, outcome = check_settings_file(config)
+        if settings is None:
+            _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+        url = settings.store.url
+    assert url is not None
+    try:
+        store = open_store(url, migrate=False)
+    except ValueError as exc:
+        _fail(f"invalid store URL: {exc}", EXIT_USAGE)
+    except StoreError as exc:
+        _fail(f"cannot open the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+    try:
+        report = verify_trail(store, anchor=pinned)
+    except StoreError as exc:
+        _fail(f"cannot read the audit trail at {_redacted(url)}: {exc}", EXIT_USAGE)
+    finally:
+        store.close()
+    if not report.intact:
+        _fail(f"audit trail broken at record {report.broken_at}: {report.problem}", EXIT_INVALID)
+    sys.stdout.write(
+        f"ok: {report.entries} audit records, chain intact; head {report.head_seq}:{report.head_hash}\n"
+    )
+
+
 def main() -> None:
     """Console entry point: run the app; turn any escaped error into one line and an exit code."""
     try:

@@ -267,6 +267,8 @@ class Prepared:
     deliveries: list[NewDelivery]
     receivers: tuple[Receiver, ...]
     admission: Admission | None = None
+    cpr: str | None = None  # for the audit record only (the one place that names the citizen)
+    resource_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +324,8 @@ class Ingress:
         if found is not None:
             return duplicate_reply(found, caller, bundle_id, header_id)
         receivers = medcom_receivers(self.settings, bundle)
-        key = self.citizen_key(patient_number(bundle))
+        cpr = patient_number(bundle)
+        key = self.citizen_key(cpr)
         event: HospitalStayEvent | None = None
         previous: Admission | None = None
         if kind == KIND_HOSPITAL_NOTIFICATION:
@@ -349,7 +352,15 @@ class Ingress:
             admission = admission_from_event(event, hospital=caller.id, citizen_key=key)
             if previous is not None and previous.since >= admission.since:
                 admission = None  # not newer than what is known: the store would keep its state anyway
-        return Prepared(caller, message, deliveries, tuple(receivers), admission)
+        return Prepared(
+            caller,
+            message,
+            deliveries,
+            tuple(receivers),
+            admission,
+            cpr=cpr,
+            resource_types=tuple(audit.bundle_resource_types(bundle)),
+        )
 
     def commit(self, prepared: Prepared | ReceivedAcknowledgement) -> Reply:
         """Store a prepared message with its deliveries and audit record in one transaction; then
@@ -357,7 +368,13 @@ class Ingress:
         if isinstance(prepared, ReceivedAcknowledgement):
             return self._acknowledgement(prepared.caller, prepared.bundle)
         message = prepared.message
-        result = self._accept(message, prepared.deliveries, prepared.receivers)
+        result = self._accept(
+            message,
+            prepared.deliveries,
+            prepared.receivers,
+            cpr=prepared.cpr,
+            resource_types=prepared.resource_types,
+        )
         if not result.accepted:
             found = Duplicate(result.duplicate or "same", result.message)
             return duplicate_reply(found, prepared.caller, message.bundle_id, message.header_id)
@@ -424,9 +441,17 @@ class Ingress:
         return Reply(200, orjson.dumps(outcome), FHIR_JSON)
 
     def _accept(
-        self, message: NewMessage, deliveries: list[NewDelivery], receivers: Sequence[Receiver]
+        self,
+        message: NewMessage,
+        deliveries: list[NewDelivery],
+        receivers: Sequence[Receiver],
+        *,
+        cpr: str | None = None,
+        resource_types: Sequence[str] = (),
     ) -> AcceptResult:
         record = audit.accepted(
+            patient_cpr=cpr,
+            resource_types=resource_types,
             recorded=message.received_at,
             actor=message.sender,
             kind=message.kind,
@@ -515,6 +540,7 @@ class Ingress:
             deliveries,
             resolved,
             mapping_version="; ".join(dict.fromkeys(versions)),
+            cpr=record.citizen.cpr,
         )
 
     def municipal_correspondence(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:
@@ -568,7 +594,8 @@ class Ingress:
             else:
                 deliveries.append(NewDelivery(r.system.id, body, MUNICIPAL_JSON))
         return self._accept_municipal(
-            caller, KIND_CORRESPONDENCE, bundle_id, header_id, key, body, deliveries, resolved
+            caller, KIND_CORRESPONDENCE, bundle_id, header_id, key, body, deliveries, resolved,
+            cpr=corr.citizen.cpr,
         )
 
     def _now_seconds(self) -> Any:
@@ -595,6 +622,7 @@ class Ingress:
         receivers: Sequence[Receiver],
         *,
         mapping_version: str | None = None,
+        cpr: str | None = None,
     ) -> Reply:
         message_id = str(uuid.uuid4())
         response = orjson.dumps(accepted_outcome(message_id, header_id, receivers))
@@ -614,6 +642,7 @@ class Ingress:
             ),
             deliveries,
             receivers,
+            cpr=cpr,
         )
         if not result.accepted:
             return duplicate_reply(

@@ -19,7 +19,8 @@ citizen's flow until an operator acts. Replaying it (``retry_dead``) puts it bac
 place, ahead of anything newer for the same pair that is still open.
 
 Citizen keys are keyed hashes of the CPR number (see ``bridge.outbox.keys``); the CPR itself never
-appears in a column outside the payload.
+appears in a column outside the payload and the audit trail (``bridge.audit``: the accept record names
+the citizen, because the audit trail is where "about whom" must be answerable).
 """
 
 from __future__ import annotations
@@ -452,6 +453,11 @@ class OutboxStore(Protocol):
 
     def append_audit(self, record: AuditRecord) -> AuditEntry:
         """Append one record to the hash-chained audit trail."""
+        ...
+
+    def append_audit_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append several records to the audit trail in ONE transaction, in order (one commit for a
+        batch of delivery outcomes)."""
         ...
 
     def read_audit(self, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:

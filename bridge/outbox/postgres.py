@@ -727,6 +727,13 @@ class PostgresOutboxStore:
         with self._tx() as cur:
             return self._append_audit(cur, record)
 
+    def append_audit_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append several records to the audit trail in one transaction, in order."""
+        if not records:
+            return []
+        with self._tx() as cur:
+            return [self._append_audit(cur, record) for record in records]
+
     def read_audit(self, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Audit entries with ``seq > after_seq``, in order."""
         with self._auto() as cur:

@@ -694,6 +694,13 @@ class SqliteOutboxStore:
         with self._write() as conn:
             return self._append_audit(conn, record)
 
+    def append_audit_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append several records to the audit trail in one transaction, in order."""
+        if not records:
+            return []
+        with self._write() as conn:
+            return [self._append_audit(conn, record) for record in records]
+
     def read_audit(self, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Audit entries with ``seq > after_seq``, in order."""
         with self._read() as conn:

@@ -344,7 +344,10 @@ def test_accept_writes_message_deliveries_and_audit_together(bed: Bed) -> None:
     assert entry.record.action == "message.accepted" and entry.record.message_id == message_id
     event = json.loads(entry.record.body)
     assert event["resourceType"] == "AuditEvent"
-    assert b"2509479989" not in entry.record.body
+    # The audit trail is the one place that names the citizen (bridge.audit): by CPR in the Patient entity.
+    [patient] = [e for e in event["entity"] if e.get("role", {}).get("code") == "1"]
+    assert patient["what"]["identifier"] == {"system": "urn:oid:1.2.208.176.1.2", "value": "2509479989"}
+    assert entry.record.body.count(b"2509479989") == 1
     assert {a["who"]["identifier"]["value"] for a in event["agent"]} == {HOSPITAL, HERLEV}
 
 
