@@ -1,19 +1,55 @@
-"""Who is calling: bearer tokens checked against the configuration.
+"""Who is calling, and may they do this: static tokens, JWT bearer tokens, client certificates, roles.
 
-Systems (hospital EHRs, municipal care systems) and operators present ``Authorization: Bearer <token>``;
-the configuration holds only SHA-256 digests of the tokens (``bridge.settings.hash_token``). A system
-may only speak as itself: the sender organisation of what it posts must be one the system owns
-(``require_owner``). Failures are errors carrying an Outcome, so the API answers them like every other
-problem - as an OperationOutcome - with 401 (and ``WWW-Authenticate``) or 403.
+Callers and their roles:
+
+- ``system`` (a hospital EHR, a municipal care system): sends and receives messages for the
+  organisations it owns, and reads the traces of its own messages only;
+- ``operator``: message traces, dead letters, retries, mapping reloads, the console;
+- ``auditor``: the audit trail.
+
+How a caller proves who it is (``Authenticator.identify``), any one of:
+
+- ``Authorization: Bearer <token>`` with a static token; the configuration holds only its SHA-256
+  digest (``bridge.settings.hash_token``);
+- ``Authorization: Bearer <jwt>``: an access token from the configured issuer (``auth.jwt``), checked by
+  ``bridge.security.jwt``; its ``client_id`` (else ``sub``) must be listed in a caller's
+  ``jwt_subjects``, and its SMART system scopes narrow what it may do (``bridge.security.scopes``);
+- a client certificate verified by the TLS layer (``bridge.security.mtls``), listed by subject or
+  SHA-256 thumbprint in a caller's ``client_certs``. With a certificate and a bearer token both, they
+  must name the same caller.
+
+A system may only speak as itself: the sender organisation of what it posts must be one the system
+owns (``require_owner``). Every refusal is an error carrying an Outcome - the API answers it as an
+OperationOutcome with 401 (and ``WWW-Authenticate``) or 403 - and an audit record; repeated
+authentication failures from one address or for one claimed identity are answered 429 with
+``Retry-After`` (``bridge.security.ratelimit``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
+import orjson
+
+from bridge import audit
+from bridge.clock import Clock
 from bridge.errors import InvalidInput
 from bridge.fhir.outcome import Issue, Outcome
-from bridge.settings import Operator, Settings, System
+from bridge.outbox.port import AuditRecord, OutboxStore, StoreError
+from bridge.security.jwt import JwtVerifier, TokenRefused, looks_like_jwt, unverified_identity
+from bridge.security.mtls import ClientCertificate
+from bridge.security.ratelimit import RateLimiter
+from bridge.security.scopes import Grant, Need
+from bridge.settings import Auditor, ClientCert, Operator, Settings, System
+
+log = logging.getLogger("bridge.auth")
+
+Role = Literal["system", "operator", "auditor"]
+Method = Literal["token", "jwt", "mtls"]
 
 #: The challenge sent with every 401 (RFC 6750).
 WWW_AUTHENTICATE = 'Bearer realm="fhir-bridge"'
@@ -27,20 +63,57 @@ class Forbidden(InvalidInput):
     """The caller is known but may not do this (HTTP 403)."""
 
 
+class Throttled(InvalidInput):
+    """Too many failed authentications from this client or for this identity (HTTP 429)."""
+
+    def __init__(self, outcome: Outcome, retry_after: int) -> None:
+        super().__init__(outcome)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller: a system or an operator (exactly one is set)."""
+    """An authenticated caller: a system, or a person or tool with the operator and/or auditor role.
+
+    ``grant`` holds a JWT's scopes; None (static token, client certificate) means everything the
+    caller's roles allow.
+    """
 
     system: System | None = None
     operator: Operator | None = None
+    auditor: Auditor | None = None
+    grant: Grant | None = None
+    method: Method = "token"
 
     @property
     def name(self) -> str:
-        """The id used in audit records: the system id, or ``operator:<name>``."""
+        """The id used in audit records: the system id, ``operator:<name>`` or ``auditor:<name>``."""
         if self.system is not None:
             return self.system.id
-        assert self.operator is not None
-        return f"operator:{self.operator.name}"
+        if self.operator is not None:
+            return f"operator:{self.operator.name}"
+        assert self.auditor is not None
+        return f"auditor:{self.auditor.name}"
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        """The roles this caller holds."""
+        held: set[Role] = set()
+        if self.system is not None:
+            held.add("system")
+        if self.operator is not None:
+            held.add("operator")
+        if self.auditor is not None:
+            held.add("auditor")
+        return frozenset(held)
+
+    def allows(self, need: Need) -> bool:
+        """True when the caller's scopes (if it has any) cover ``need``."""
+        return self.grant is None or self.grant.allows(need)
+
+    def same_principal(self, other: Caller) -> bool:
+        """True when both name the same system, operator and auditor entries."""
+        return (self.system, self.operator, self.auditor) == (other.system, other.operator, other.auditor)
 
 
 def _denied(diagnostics: str) -> NotAuthenticated:
@@ -108,3 +181,210 @@ def require_owner(system: System, *, sor: str | None, gln: str | None, where: st
                 ]
             )
         )
+
+
+# -- the authenticator: every way in, roles, scopes, refusals audited and throttled --------------------
+
+_ROLE_NAMES: dict[Role, str] = {"system": "systems", "operator": "operators", "auditor": "auditors"}
+
+
+def _cert_matches(entries: list[ClientCert], cert: ClientCertificate) -> bool:
+    return any(
+        (e.sha256 is not None and e.sha256 == cert.sha256)
+        or (e.subject is not None and e.subject == cert.subject)
+        for e in entries
+    )
+
+
+def _forbidden(diagnostics: str) -> Forbidden:
+    return Forbidden(Outcome([Issue("error", "forbidden", diagnostics)]))
+
+
+class Authenticator:
+    """Identifies callers by every configured means, checks roles and scopes, and records refusals.
+
+    One per app (``bridge.api.deps.authenticator_of``); thread-safe. ``store`` receives an audit record
+    for every refusal; ``verifier`` replaces the JWT verifier built from ``settings.auth.jwt`` (tests
+    inject one with their own fetch); ``base_dir`` anchors a relative ``auth.jwt.jwks_file``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        store: OutboxStore | None = None,
+        *,
+        verifier: JwtVerifier | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = store
+        jwt_config = settings.auth.jwt
+        if verifier is None and jwt_config is not None:
+            verifier = JwtVerifier(jwt_config, clock, base_dir=base_dir)
+        self.verifier = verifier
+        limits = settings.auth.rate_limit
+        self.limiter = RateLimiter(limits.max_failures, limits.window, limits.max_clients)
+
+    # -- identification ------------------------------------------------------------------------------
+
+    def identify(
+        self,
+        authorization: str | None,
+        certificate: ClientCertificate | None = None,
+        address: str = "unknown",
+    ) -> Caller:
+        """The caller presenting ``authorization`` and/or ``certificate`` from ``address``.
+
+        Raises ``Throttled`` (429) while the address or the claimed identity is blocked, else
+        ``NotAuthenticated`` (401, audited and counted against both) when nothing identifies a caller.
+        """
+        token = self._token(authorization)
+        claimed = self._claimed(token, certificate)
+        keys = [f"ip:{address}"] + ([f"id:{claimed}"] if claimed else [])
+        now = self.clock.now()
+        wait = self.limiter.retry_after(keys, now)
+        if wait is not None:
+            raise Throttled(
+                Outcome([Issue("error", "throttled", f"Too many failed authentications; retry in {wait} s")]),
+                wait,
+            )
+        try:
+            return self._identify(token, certificate)
+        except NotAuthenticated as exc:
+            if self.limiter.failure(keys, now):
+                log.warning("authentication failures throttled for a client")
+            self.audit_refusal(exc, actor="unauthenticated", address=address, claimed=claimed)
+            raise
+
+    @staticmethod
+    def _token(authorization: str | None) -> str | None:
+        if authorization is None or not authorization.strip():
+            return None
+        return bearer_token(authorization)
+
+    def _claimed(self, token: str | None, certificate: ClientCertificate | None) -> str | None:
+        """The identity a request claims, unchecked: the key its failures are counted under."""
+        if token is not None:
+            if self.verifier is not None and looks_like_jwt(token):
+                identity = unverified_identity(token)
+                if identity is not None:
+                    return f"jwt:{identity}"
+            return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        if certificate is not None:
+            return f"cert:{certificate.sha256}"
+        return None
+
+    def _identify(self, token: str | None, certificate: ClientCertificate | None) -> Caller:
+        by_cert = self.by_certificate(certificate) if certificate is not None else None
+        if token is None:
+            if by_cert is not None:
+                return by_cert
+            if certificate is not None:
+                raise _denied("The client certificate is not registered for any system, operator or auditor")
+            raise _denied(
+                "Authentication required: send Authorization: Bearer <token> or a client certificate"
+            )
+        by_token = self.by_token(token)
+        if by_cert is not None and not by_cert.same_principal(by_token):
+            raise _denied("The client certificate and the bearer token belong to different callers")
+        return by_token
+
+    def by_token(self, token: str) -> Caller:
+        """The caller a bearer token (static or JWT) belongs to; raises ``NotAuthenticated``."""
+        if self.verifier is not None and looks_like_jwt(token):
+            try:
+                claims = self.verifier.verify(token)
+            except TokenRefused as exc:
+                raise _denied(str(exc)) from None
+            caller = self._by_jwt_subject(claims.identity, Grant.parse(claims.scopes))
+            if caller is None:
+                raise _denied("The JWT's client is not registered with this bridge")
+            return caller
+        system = self.settings.system_for_token(token)
+        if system is not None:
+            return Caller(system=system)
+        operator = self.settings.operator_for_token(token)
+        auditor = self.settings.auditor_for_token(token)
+        if operator is None and auditor is None:
+            raise _denied("The bearer token is not valid")
+        return Caller(operator=operator, auditor=auditor)
+
+    def _by_jwt_subject(self, identity: str, grant: Grant) -> Caller | None:
+        for system in self.settings.systems:
+            if identity in system.inbound.jwt_subjects:
+                return Caller(system=system, grant=grant, method="jwt")
+        operator = next((o for o in self.settings.operators if identity in o.jwt_subjects), None)
+        auditor = next((a for a in self.settings.auditors if identity in a.jwt_subjects), None)
+        if operator is None and auditor is None:
+            return None
+        return Caller(operator=operator, auditor=auditor, grant=grant, method="jwt")
+
+    def by_certificate(self, cert: ClientCertificate) -> Caller | None:
+        """The caller a verified client certificate is registered for (None: not registered)."""
+        for system in self.settings.systems:
+            if _cert_matches(system.inbound.client_certs, cert):
+                return Caller(system=system, method="mtls")
+        operator = next((o for o in self.settings.operators if _cert_matches(o.client_certs, cert)), None)
+        auditor = next((a for a in self.settings.auditors if _cert_matches(a.client_certs, cert)), None)
+        if operator is None and auditor is None:
+            return None
+        return Caller(operator=operator, auditor=auditor, method="mtls")
+
+    # -- authorisation -------------------------------------------------------------------------------
+
+    def authorize(
+        self, caller: Caller, roles: tuple[Role, ...], need: Need, address: str = "unknown"
+    ) -> Caller:
+        """``caller`` when it holds one of ``roles`` and its scopes cover ``need``; else ``Forbidden``
+        (403, audited)."""
+        try:
+            if not caller.roles & set(roles):
+                names = " or ".join(_ROLE_NAMES[r] for r in roles)
+                raise _forbidden(f"This endpoint is for {names}; {caller.name} may not use it")
+            if not caller.allows(need):
+                raise _forbidden(f"The token's scopes do not include {need}")
+        except Forbidden as exc:
+            self.audit_refusal(exc, actor=caller.name, address=address, claimed=None, caller=caller)
+            raise
+        return caller
+
+    # -- the audit trail -----------------------------------------------------------------------------
+
+    def audit_refusal(
+        self,
+        exc: InvalidInput,
+        *,
+        actor: str,
+        address: str,
+        claimed: str | None,
+        caller: Caller | None = None,
+    ) -> None:
+        """Append the audit record of a refused request (best effort: a store outage is logged)."""
+        if self.store is None:
+            return
+        first = exc.outcome.errors[0] if exc.outcome.errors else None
+        status = 401 if isinstance(exc, NotAuthenticated) else 403
+        reason = f"HTTP {status} from {address}: {first.diagnostics if first else type(exc).__name__}"
+        if claimed:
+            reason += f" (claimed {claimed})"
+        now = self.clock.now()
+        human = caller is not None and caller.system is None
+        body = audit.audit_event(
+            recorded=now,
+            event="application",
+            action="E",
+            outcome="4",
+            actor=actor,
+            actor_kind="operator" if human else "system",
+            subtype="auth:refused" if status == 401 else "auth:forbidden",
+            description=reason,
+        )
+        record = AuditRecord(
+            now, "auth.refused" if status == 401 else "auth.forbidden", actor, orjson.dumps(body)
+        )
+        try:
+            self.store.append_audit(record)
+        except StoreError as store_exc:
+            log.warning("cannot audit a refused request: %s", type(store_exc).__name__)

@@ -222,10 +222,35 @@ class InboundToken(_Model):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class ClientCert(_Model):
+    """A client certificate that identifies a caller under mutual TLS, by its subject or its thumbprint.
+
+    ``subject`` is the RFC 4514 form (``CN=ehr.example,O=Region``) and is only as strong as the CA that
+    signs client certificates; ``sha256`` (hex of the DER certificate, colons allowed) names one
+    certificate exactly and must be updated when it is renewed.
+    """
+
+    subject: str | None = Field(default=None, min_length=1)
+    sha256: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _thumbprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digest = value.replace(":", "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("a SHA-256 thumbprint is 64 hex digits (colons allowed)")
+        return digest
+
+
 class Inbound(_Model):
-    """How a system authenticates when it calls the bridge."""
+    """How a system authenticates when it calls the bridge: hashed bearer tokens, JWT bearer tokens whose
+    ``client_id`` (or ``sub``) is listed in ``jwt_subjects``, or a client certificate in ``client_certs``."""
 
     tokens: list[InboundToken] = []
+    jwt_subjects: list[Annotated[str, Field(min_length=1)]] = []
+    client_certs: list[ClientCert] = []
 
 
 class Outbound(_Model):
@@ -265,10 +290,58 @@ class System(_Model):
 
 
 class Operator(_Model):
-    """A person or tool allowed to use the operator endpoints (message traces, dead letters, replay)."""
+    """A person or tool allowed to use the operator endpoints (message traces, dead letters, replay).
+
+    Credentials: the SHA-256 digest of a bearer token, JWT ``client_id``/``sub`` values, client
+    certificates - any of them.
+    """
 
     name: str = Field(min_length=1, max_length=100)
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    jwt_subjects: list[Annotated[str, Field(min_length=1)]] = []
+    client_certs: list[ClientCert] = []
+
+
+class Auditor(Operator):
+    """A person or tool allowed to read the audit trail (the auditor role); credentials as an operator's."""
+
+
+class JwtConfig(_Model):
+    """JWT bearer tokens (OAuth2 / SMART Backend Services access tokens) and where their keys come from.
+
+    Exactly one of ``jwks_file`` and ``jwks_url``. Keys are cached; the set is read again every
+    ``jwks_refresh`` and when a token names a key id the cache does not hold (at most once per
+    ``jwks_min_refresh``), so a rotated key is picked up and a removed one stops working.
+    """
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    algorithms: list[Literal["RS256", "ES256"]] = Field(default=["RS256", "ES256"], min_length=1)
+    leeway: Duration = timedelta(seconds=60)
+    jwks_refresh: Duration = timedelta(hours=1)
+    jwks_min_refresh: Duration = timedelta(seconds=30)
+
+
+class RateLimitConfig(_Model):
+    """Repeated authentication failures from one client address or for one presented identity: after
+    ``max_failures`` within ``window`` the client gets 429 until the window has passed."""
+
+    max_failures: int = Field(default=10, ge=1, le=10_000)
+    window: Duration = timedelta(minutes=1)
+    max_clients: int = Field(default=10_000, ge=10, le=10_000_000)
+
+
+class AuthConfig(_Model):
+    """Authentication beyond hashed static tokens: JWT bearer tokens and the failure rate limit.
+
+    Client certificates need no setting here: run the service with TLS and a client CA
+    (``fhir-bridge serve --tls-client-ca``) and list certificates under the systems and operators.
+    """
+
+    jwt: JwtConfig | None = None
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
 
 class RuleMatch(_Model):
@@ -309,6 +382,8 @@ class Settings(_Model):
     systems: list[System] = Field(min_length=1)
     routing: list[RoutingRule] = []
     operators: list[Operator] = []
+    auditors: list[Auditor] = []
+    auth: AuthConfig = AuthConfig()
 
     def system(self, system_id: str) -> System | None:
         """The system with ``system_id``."""
@@ -330,8 +405,17 @@ class Settings(_Model):
         digest = hash_token(token)
         found: Operator | None = None
         for operator in self.operators:
-            if hmac.compare_digest(operator.sha256, digest):
+            if operator.sha256 is not None and hmac.compare_digest(operator.sha256, digest):
                 found = operator
+        return found
+
+    def auditor_for_token(self, token: str) -> Auditor | None:
+        """The auditor a presented bearer token belongs to, compared in constant time per entry."""
+        digest = hash_token(token)
+        found: Auditor | None = None
+        for auditor in self.auditors:
+            if auditor.sha256 is not None and hmac.compare_digest(auditor.sha256, digest):
+                found = auditor
         return found
 
     def owner_of(self, *, sor: str | None = None, gln: str | None = None) -> System | None:
@@ -574,6 +658,70 @@ def _cross_check(settings: Settings) -> list[Issue]:
                 issues.append(
                     error(f"no system has id {target!r}", f"{where}.otherwise[{j}]", code="not-found")
                 )
+    issues.extend(_auth_problems(settings))
+    return issues
+
+
+def _auth_problems(settings: Settings) -> list[Issue]:
+    """JWT and client-certificate settings that cannot work or would let one caller pass for another."""
+    issues: list[Issue] = []
+    jwt = settings.auth.jwt
+    if jwt is not None:
+        if (jwt.jwks_file is None) == (jwt.jwks_url is None):
+            issues.append(error("set exactly one of jwks_file and jwks_url", "auth.jwt", code="required"))
+        if jwt.jwks_url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(jwt.jwks_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                issues.append(error("jwks_url must be an http:// or https:// URL", "auth.jwt.jwks_url"))
+            elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+                issues.append(
+                    warning(
+                        "keys fetched over plain http can be swapped on the way; use https",
+                        "auth.jwt.jwks_url",
+                        code="security",
+                    )
+                )
+    principals: list[tuple[str, str, list[str], list[ClientCert]]] = [
+        (f"systems[{i}].inbound", f"system {s.id!r}", s.inbound.jwt_subjects, s.inbound.client_certs)
+        for i, s in enumerate(settings.systems)
+    ]
+    principals += [
+        (f"operators[{i}]", f"operator {o.name!r}", o.jwt_subjects, o.client_certs)
+        for i, o in enumerate(settings.operators)
+    ]
+    principals += [
+        (f"auditors[{i}]", f"auditor {a.name!r}", a.jwt_subjects, a.client_certs)
+        for i, a in enumerate(settings.auditors)
+    ]
+    # Operators and auditors may share a credential (one person with both roles); systems may not
+    # share one with anybody, or a system could act as an operator.
+    seen: dict[tuple[str, str], str] = {}
+    for where, who, subjects, certs in principals:
+        keys = [(f"{where}.jwt_subjects[{j}]", ("jwt", v)) for j, v in enumerate(subjects)]
+        for j, cert in enumerate(certs):
+            if cert.subject is None and cert.sha256 is None:
+                issues.append(
+                    error("a client certificate needs a subject or a sha256", f"{where}.client_certs[{j}]")
+                )
+            if cert.subject is not None:
+                keys.append((f"{where}.client_certs[{j}].subject", ("subject", cert.subject)))
+            if cert.sha256 is not None:
+                keys.append((f"{where}.client_certs[{j}].sha256", ("sha256", cert.sha256)))
+        if subjects and jwt is None:
+            issues.append(
+                warning("jwt_subjects have no effect without auth.jwt", f"{where}.jwt_subjects", code="value")
+            )
+        for at, key in keys:
+            other = seen.get(key)
+            if (
+                other is not None
+                and other != who
+                and (who.startswith("system") or other.startswith("system"))
+            ):
+                issues.append(error(f"this credential already identifies {other}", at, code="duplicate"))
+            seen.setdefault(key, who)
     return issues
 
 

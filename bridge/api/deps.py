@@ -1,24 +1,36 @@
-"""What every router needs: the deployment's parts, the authenticated caller, a bounded body."""
+"""What every router needs: the deployment's parts, the authenticated caller, a bounded body.
+
+The caller dependencies (``SystemCaller``, ``OperatorCaller``, ``AuditorCaller``, ``AnyCaller``) identify
+the caller by static token, JWT or client certificate and check its role and SMART scopes
+(``bridge.auth.Authenticator``); each refusal is a 401/403/429 OperationOutcome, and 401/403 are audited.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bridge.auth import Caller, authenticate_operator, authenticate_system, bearer_token
+from bridge.auth import Authenticator, Caller, Role
 from bridge.clock import Clock
 from bridge.ingress import Ingress, check_size
 from bridge.outbox.port import OutboxStore
+from bridge.security import scopes
+from bridge.security.mtls import client_certificate
 from bridge.settings import Settings, System
 
 #: The security scheme shown in the OpenAPI document; tokens are checked by ``bridge.auth``.
 bearer_scheme = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="A system's or operator's bearer token (the configuration holds its SHA-256 digest)",
+    description="A static bearer token (the configuration holds its SHA-256 digest) or a JWT access token "
+    "from the configured issuer with SMART system scopes (system/Bundle.c, system/Bundle.rs, "
+    "system/AuditEvent.rs ...). Under mutual TLS a registered client certificate identifies the caller "
+    "without a token.",
 )
+_AUTHENTICATOR_LOCK = threading.Lock()
 
 
 def settings_of(request: Request) -> Settings:
@@ -45,41 +57,83 @@ def ingress_of(request: Request) -> Ingress:
     return ingress
 
 
+def authenticator_of(request: Request) -> Authenticator:
+    """The app's authenticator, made on first use (it holds the JWKS cache and the failure counters)."""
+    state = request.app.state
+    found: Authenticator | None = getattr(state, "authenticator", None)
+    if found is None:
+        with _AUTHENTICATOR_LOCK:
+            found = getattr(state, "authenticator", None)
+            if found is None:
+                found = Authenticator(settings_of(request), clock_of(request), store_of(request))
+                state.authenticator = found
+    return found
+
+
 def _authorization(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     if credentials is None:
         return None
     return f"{credentials.scheme} {credentials.credentials}"
 
 
+def client_address(request: Request) -> str:
+    """The client's address as the server saw it (for throttling and the audit trail)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _caller(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    roles: tuple[Role, ...],
+    need: scopes.Need,
+) -> Caller:
+    authenticator = authenticator_of(request)
+    address = client_address(request)
+    caller = authenticator.identify(_authorization(credentials), client_certificate(request.scope), address)
+    return authenticator.authorize(caller, roles, need, address)
+
+
+def _read_need(request: Request, resource: str) -> scopes.Need:
+    """Reading one item (a path parameter names it) needs ``r``; a list needs ``s``."""
+    return scopes.Need(resource, "r" if request.path_params else "s")
+
+
 def system_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> System:
-    """The calling system (401 without a valid system token)."""
-    return authenticate_system(settings_of(request), _authorization(credentials))
+    """The calling system (401 unauthenticated, 403 for another role or without ``system/Bundle.c``)."""
+    caller = _caller(request, credentials, ("system",), scopes.SEND)
+    assert caller.system is not None
+    return caller.system
 
 
 def operator_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> Caller:
-    """An operator (401 without a valid token, 403 for a system's token)."""
-    return Caller(operator=authenticate_operator(settings_of(request), _authorization(credentials)))
+    """An operator (401 unauthenticated, 403 for another role); reads need ``system/Bundle.r``/``.s``,
+    actions ``system/Bundle.u``."""
+    need = _read_need(request, "Bundle") if request.method in ("GET", "HEAD") else scopes.OPERATE
+    return _caller(request, credentials, ("operator",), need)
+
+
+def auditor_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+) -> Caller:
+    """An auditor (401 unauthenticated, 403 for another role or without ``system/AuditEvent.r``/``.s``)."""
+    return _caller(request, credentials, ("auditor",), _read_need(request, "AuditEvent"))
 
 
 def any_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> Caller:
     """An operator, or a system (which then sees only its own messages)."""
-    settings = settings_of(request)
-    authorization = _authorization(credentials)
-    operator = settings.operator_for_token(bearer_token(authorization))
-    if operator is not None:
-        return Caller(operator=operator)
-    return Caller(system=authenticate_system(settings, authorization))
+    return _caller(request, credentials, ("system", "operator"), _read_need(request, "Bundle"))
 
 
 SystemCaller = Annotated[System, Depends(system_caller)]
 OperatorCaller = Annotated[Caller, Depends(operator_caller)]
 AnyCaller = Annotated[Caller, Depends(any_caller)]
+AuditorCaller = Annotated[Caller, Depends(auditor_caller)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -4,7 +4,9 @@
 error                                   status meaning
 ======================================= ====== ===============================================
 ``NotAuthenticated``                    401    no or unknown bearer token (+ WWW-Authenticate)
-``Forbidden``                           403    known caller, not allowed (sender not owned)
+``Forbidden``                           403    known caller, not allowed (sender not owned,
+                                               role or scope lacking)
+``Throttled``                           429    too many failed authentications (+ Retry-After)
 ``NotFound`` (store), unknown route     404
 ``Conflict``, ``InvalidTransition``     409    ids clash with another message; replay of a
                                                delivery that is not dead
@@ -31,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge.auth import WWW_AUTHENTICATE, Forbidden, NotAuthenticated
+from bridge.auth import WWW_AUTHENTICATE, Forbidden, NotAuthenticated, Throttled
 from bridge.errors import InvalidInput
 from bridge.fhir.outcome import Issue, IssueCode, Outcome
 from bridge.ingress import (
@@ -58,6 +60,7 @@ _STATUS: tuple[tuple[type[InvalidInput], int], ...] = (
     (PayloadTooLarge, 413),
     (UnsupportedMediaType, 415),
     (Unroutable, 422),
+    (Throttled, 429),
 )
 
 #: The schema of every error body, for the OpenAPI document.
@@ -108,6 +111,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body larger than limits.max_body_bytes",
         415: "Unsupported media type",
         422: "No receiver: the message cannot be routed",
+        429: "Too many failed authentications from this client; retry after Retry-After seconds",
         503: "The store is unavailable; retry later",
     }
     content = {
@@ -148,6 +152,8 @@ async def _invalid_input(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidInput)
     status = status_of(exc)
     headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None
+    if isinstance(exc, Throttled):
+        headers = {"Retry-After": str(exc.retry_after)}
     return outcome_response(request, exc.outcome, status, headers)
 
 
