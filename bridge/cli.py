@@ -336,10 +336,25 @@ def serve(
         Role, typer.Option("--role", help="all: API and dispatcher; api or worker: one half alone")
     ] = Role.all,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM, chain first)")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The private key of --tls-cert (PEM)")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-client-ca", help="Ask for client certificates signed by this CA (mutual TLS)"),
+    ] = None,
+    tls_require_client_cert: Annotated[
+        bool,
+        typer.Option("--tls-require-client-cert", help="Refuse TLS handshakes without a client certificate"),
+    ] = False,
 ) -> None:
     """Run the bridge service (API and dispatcher) until SIGTERM or SIGINT, then stop gracefully.
 
-    A worker (--role worker) serves only /healthz and /readyz over HTTP.
+    A worker (--role worker) serves only /healthz and /readyz over HTTP. With --tls-client-ca a verified
+    client certificate listed under a system's inbound.client_certs (or an operator's) identifies it.
     """
     import signal
 
@@ -353,6 +368,7 @@ def serve(
     settings, outcome = check_settings_file(config)
     if settings is None:
         _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+    tls = _tls_options(tls_cert, tls_key, tls_client_ca, tls_require_client_cert)
     from bridge.translate import mapping_sets
 
     try:
@@ -381,11 +397,31 @@ def serve(
                 access_log=False,  # request lines carry no PHI, but the audit trail is the record
                 timeout_graceful_shutdown=int(settings.dispatcher.shutdown_grace.total_seconds()) or 1,
                 server_header=False,
+                **tls,
             )
         )
         server.run()  # handles SIGTERM and SIGINT: stop accepting, finish requests, run the lifespan exit
     finally:
         store.close()
+
+
+def _tls_options(
+    cert: Path | None, key: Path | None, client_ca: Path | None, require_client_cert: bool
+) -> dict[str, Any]:
+    """uvicorn's TLS options from the serve command's; a missing or unreadable file is a usage error."""
+    if cert is None and key is None and client_ca is None and not require_client_cert:
+        return {}
+    if cert is None or key is None:
+        _fail("--tls-cert and --tls-key go together (and client certificates need both)", EXIT_USAGE)
+    for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            _fail(f"{option}: no such file: {path}", EXIT_USAGE)
+    from bridge.security.mtls import uvicorn_tls_options
+
+    try:
+        return uvicorn_tls_options(cert, key, client_ca, require_client_cert)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 def _reload_in_background() -> None:
