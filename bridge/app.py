@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,7 +62,9 @@ def _new_dispatcher(
     rng: random.Random | None,
 ) -> Dispatcher:
     """The dispatcher of this process."""
-    worker_id = f"{socket.gethostname()}:{id(store):x}"
+    # Leases name their holder by this id, so it must differ between any two processes: host name and
+    # process id, plus a random part for containers that share a host name and both run as pid 1.
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     return Dispatcher(settings, store, clock, worker_id=worker_id, transport=transport, rng=rng)
 
 
