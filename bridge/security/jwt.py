@@ -157,15 +157,29 @@ class JwtVerifier:
         """Read the key set again now; True when it was read (else the old keys stay)."""
         now = self._clock.now()
         with self._lock:
-            self._tried_at = now
-            try:
-                keys = parse_jwks(self._read(), self._algorithms)
-            except (OSError, ValueError, httpx.HTTPError) as exc:
-                log.warning("cannot read the JWKS: %s", type(exc).__name__)
+            return self._load(now)
+
+    def _load(self, now: datetime) -> bool:
+        self._tried_at = now
+        try:
+            keys = parse_jwks(self._read(), self._algorithms)
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            log.warning("cannot read the JWKS: %s", type(exc).__name__)
+            return False
+        self._keys = keys  # one reference swap: readers see the old list or the new one
+        self._loaded_at = now
+        return True
+
+    def _refresh_if_due(self, now: datetime, unknown_kid: bool) -> bool:
+        """Refresh when due; True when this call read the set. Decided under the lock, so threads that
+        find the cache stale at the same moment fetch it once."""
+        if self._loaded_at is not None and not self._due(now, unknown_kid):
+            return False
+        # Nothing loaded yet: wait for a fetch another thread may have begun rather than refuse.
+        with self._lock:
+            if not self._due(now, unknown_kid):
                 return False
-            self._keys = keys
-            self._loaded_at = now
-            return True
+            return self._load(now)
 
     def _due(self, now: datetime, unknown_kid: bool) -> bool:
         if self._loaded_at is None or now - self._loaded_at >= self.config.jwks_refresh:
@@ -201,12 +215,10 @@ class JwtVerifier:
         if kid is not None and not isinstance(kid, str):
             raise TokenRefused("The JWT key id (kid) must be a string")
         now = self._clock.now()
-        if self._due(now, unknown_kid=False):
-            self.refresh()
+        self._refresh_if_due(now, unknown_kid=False)
         keys = self._candidates(kid, alg)
-        if not keys and self._due(now, unknown_kid=True):
-            self.refresh()  # a new key id: the issuer may have rotated its keys
-            keys = self._candidates(kid, alg)
+        if not keys and self._refresh_if_due(now, unknown_kid=True):
+            keys = self._candidates(kid, alg)  # a new key id: the issuer may have rotated its keys
         if not keys:
             if self._loaded_at is None:
                 raise KeysUnavailable("The issuer's keys cannot be loaded; no JWT can be checked now")

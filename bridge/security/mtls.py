@@ -17,6 +17,7 @@ care about what it signs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 from collections.abc import Mapping
@@ -52,18 +53,25 @@ class ClientCertificate:
         return cls.from_der(cert.public_bytes(Encoding.DER))
 
 
+@functools.lru_cache(maxsize=1024)
+def _identity_of(pem: str) -> ClientCertificate | None:
+    # Parsed once per certificate, not per request: a connection sends many requests with one.
+    try:
+        return ClientCertificate.from_pem(pem)
+    except ValueError:
+        return None
+
+
 def client_certificate(scope: Mapping[str, Any]) -> ClientCertificate | None:
     """The verified client certificate of a request, from the ASGI TLS extension (None without one)."""
     tls = (scope.get("extensions") or {}).get("tls")
     if not isinstance(tls, Mapping):
         return None
     chain = tls.get("client_cert_chain") or ()
-    if not chain:
+    if not chain or not isinstance(chain[0], str | bytes):
         return None
-    try:
-        return ClientCertificate.from_pem(chain[0])
-    except ValueError:
-        return None
+    pem = chain[0] if isinstance(chain[0], str) else chain[0].decode("ascii", "replace")
+    return _identity_of(pem)
 
 
 def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> dict[str, Any] | None:
