@@ -16,7 +16,8 @@ How a caller proves who it is (``Authenticator.identify``), any one of:
   ``jwt_subjects``, and its SMART system scopes narrow what it may do (``bridge.security.scopes``);
 - a client certificate verified by the TLS layer (``bridge.security.mtls``), listed by subject or
   SHA-256 thumbprint in a caller's ``client_certs``. With a certificate and a bearer token both, they
-  must name the same caller.
+  must name the same caller; a JWT bound to a certificate (RFC 8705 ``cnf.x5t#S256``) is only good
+  together with that certificate.
 
 A system may only speak as itself: the sender organisation of what it posts must be one the system
 owns (``require_owner``). Every refusal is an error carrying an Outcome - the API answers it as an
@@ -40,7 +41,13 @@ from bridge.clock import Clock
 from bridge.errors import InvalidInput
 from bridge.fhir.outcome import Issue, Outcome
 from bridge.outbox.port import AuditRecord, OutboxStore, StoreError
-from bridge.security.jwt import JwtVerifier, TokenRefused, looks_like_jwt, unverified_identity
+from bridge.security.jwt import (
+    JwtVerifier,
+    TokenRefused,
+    certificate_thumbprint,
+    looks_like_jwt,
+    unverified_identity,
+)
 from bridge.security.mtls import ClientCertificate
 from bridge.security.ratelimit import RateLimiter
 from bridge.security.scopes import Grant, Need
@@ -286,18 +293,29 @@ class Authenticator:
             raise _denied(
                 "Authentication required: send Authorization: Bearer <token> or a client certificate"
             )
-        by_token = self.by_token(token)
+        by_token = self.by_token(token, certificate)
         if by_cert is not None and not by_cert.same_principal(by_token):
             raise _denied("The client certificate and the bearer token belong to different callers")
         return by_token
 
-    def by_token(self, token: str) -> Caller:
-        """The caller a bearer token (static or JWT) belongs to; raises ``NotAuthenticated``."""
+    def by_token(self, token: str, certificate: ClientCertificate | None = None) -> Caller:
+        """The caller a bearer token (static or JWT) belongs to; raises ``NotAuthenticated``.
+
+        A JWT bound to a client certificate (RFC 8705 ``cnf.x5t#S256``) is only accepted with that
+        certificate presented on the connection: a stolen token alone is useless.
+        """
         if self.verifier is not None and looks_like_jwt(token):
             try:
                 claims = self.verifier.verify(token)
             except TokenRefused as exc:
                 raise _denied(str(exc)) from None
+            bound = claims.certificate_thumbprint
+            if bound is not None and (
+                certificate is None or certificate_thumbprint(certificate.sha256) != bound
+            ):
+                raise _denied(
+                    "The JWT is bound to a client certificate (cnf) that this connection did not present"
+                )
             caller = self._by_jwt_subject(claims.identity, Grant.parse(claims.scopes))
             if caller is None:
                 raise _denied("The JWT's client is not registered with this bridge")

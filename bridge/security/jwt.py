@@ -64,6 +64,9 @@ class Claims:
     issuer: str
     expires: datetime
     token_id: str | None
+    #: RFC 8705 certificate binding: base64url SHA-256 thumbprint (``cnf.x5t#S256``) of the client
+    #: certificate the token was issued to; the token is only good on a connection presenting it.
+    certificate_thumbprint: str | None = None
 
     @property
     def identity(self) -> str:
@@ -80,6 +83,13 @@ def unverified_identity(token: str) -> str | None:
         return None
     value = claims.get("client_id") or claims.get("sub")
     return value[:200] if isinstance(value, str) else None
+
+
+def certificate_thumbprint(sha256_hex: str) -> str:
+    """The ``x5t#S256`` form (base64url, unpadded) of a certificate's SHA-256 hex digest."""
+    import base64
+
+    return base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).rstrip(b"=").decode("ascii")
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -282,7 +292,19 @@ class JwtVerifier:
             issuer=str(claims["iss"]),
             expires=datetime.fromtimestamp(times["exp"], tz=now.tzinfo),
             token_id=claims["jti"] if isinstance(claims.get("jti"), str) else None,
+            certificate_thumbprint=_bound_certificate(claims),
         )
+
+
+def _bound_certificate(claims: dict[str, Any]) -> str | None:
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    if not isinstance(thumbprint, str):
+        # A confirmation method the bridge cannot check (DPoP's jkt, ...): refuse rather than ignore it.
+        raise TokenRefused("The JWT is bound (cnf) in a way this bridge cannot check; only x5t#S256 is")
+    return thumbprint
 
 
 def _scopes(claims: dict[str, Any]) -> tuple[str, ...]:

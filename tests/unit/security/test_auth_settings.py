@@ -3,16 +3,20 @@ them without HTTP (static tokens, certificates, roles, scopes)."""
 
 from __future__ import annotations
 
+import json
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pki import AUDIENCE, ISSUER, SigningKey, claims, jwks
 
 from bridge.auth import Authenticator, Forbidden, NotAuthenticated, Throttled
 from bridge.clock import FakeClock
+from bridge.security.jwt import JwtVerifier, certificate_thumbprint
 from bridge.security.mtls import ClientCertificate
 from bridge.security.scopes import OPERATE, READ_AUDIT, SEND, Grant
-from bridge.settings import check_settings, hash_token
+from bridge.settings import JwtConfig, check_settings, hash_token
 
 THUMB = "AB:" * 31 + "CD"
 BASE: dict[str, Any] = {
@@ -210,3 +214,33 @@ def test_failures_are_throttled_per_address_and_identity() -> None:
         auth.identify("Bearer guess", address="10.0.0.3")
     clock.advance(60)
     assert auth.identify("Bearer ehr-token", address="10.0.0.1").name == "ehr"
+
+
+def test_jwt_callers_and_certificate_bound_tokens(tmp_path: Path) -> None:
+    key = SigningKey.ec("k1")
+    keyfile = tmp_path / "jwks.json"
+    keyfile.write_text(json.dumps(jwks(key)))
+    settings, _ = checked()
+    clock = FakeClock()
+    config = JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=str(keyfile))
+    auth = Authenticator(settings, clock, verifier=JwtVerifier(config, clock))
+    caller = auth.identify("Bearer " + key.sign(claims(clock.now(), "ehr-client", scope="system/Bundle.c")))
+    assert (
+        caller.name == "ehr"
+        and caller.method == "jwt"
+        and caller.allows(SEND)
+        and not caller.allows(READ_AUDIT)
+    )
+
+    mine = ClientCertificate("CN=ehr.example,O=Region", "ab" * 32)
+    bound = key.sign(claims(clock.now(), "ehr-client", cnf={"x5t#S256": certificate_thumbprint(mine.sha256)}))
+    assert auth.identify(f"Bearer {bound}", mine).name == "ehr"
+    with pytest.raises(NotAuthenticated, match="bound to a client certificate"):
+        auth.identify(f"Bearer {bound}")  # a stolen token alone
+    with pytest.raises(NotAuthenticated, match="bound to a client certificate"):
+        auth.identify(f"Bearer {bound}", ClientCertificate("CN=thief", "cd" * 32))
+    dpop = key.sign(
+        claims(clock.now(), "ehr-client", cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+    )
+    with pytest.raises(NotAuthenticated, match="only x5t#S256"):
+        auth.identify(f"Bearer {dpop}")
