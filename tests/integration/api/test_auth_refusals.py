@@ -96,3 +96,21 @@ def test_no_credentials_at_all(bed: Bed) -> None:
     assert response.json()["issue"][0]["code"] == "login"
     assert bed.client.get("/messages", headers={"Authorization": "Basic b3A6cGFzcw=="}).status_code == 401
     assert len(audit_of(bed)) == 2
+
+
+def test_rotating_forwarded_addresses_does_not_escape_the_identity_window(bed: Bed) -> None:
+    """uvicorn believes X-Forwarded-For from loopback (its forwarded_allow_ips default), so an attacker
+    there can pose as many addresses; the same wrong credential is still counted against itself."""
+    for i in range(3):
+        spoofed = {"X-Forwarded-For": f"203.0.113.{i}"}
+        assert bed.post_message(example_bytes(STIN), token="guessed-token", **spoofed).status_code == 401
+    again = bed.post_message(
+        example_bytes(STIN), token="guessed-token", **{"X-Forwarded-For": "203.0.113.99"}
+    )
+    assert again.status_code == 429
+    # Each failure was recorded with the address the server believed.
+    assert [why.split(":")[0] for _, _, why in audit_of(bed)] == [
+        f"HTTP 401 from 203.0.113.{i}" for i in range(3)
+    ]
+    # Someone else at another address with a good token is not affected.
+    assert bed.post_message(example_bytes(STIN), **{"X-Forwarded-For": "198.51.100.7"}).status_code == 200
