@@ -32,10 +32,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bridge import __version__
+from bridge.api import audit as audit_api
 from bridge.api import dryrun, errors, fhir, health, municipal, ops
+from bridge.api import metrics as metrics_api
 from bridge.clock import Clock
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.ingress import Ingress
+from bridge.observability.metrics import RequestMetrics, timed_store
 from bridge.outbox.port import OutboxStore
 from bridge.settings import Settings
 
@@ -82,6 +85,7 @@ def create_app(
     ``ingress`` replaces the accept pipeline (tests wrap the store)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    store = timed_store(store)  # bridge_store_duration_seconds for every store call of the process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,13 +119,15 @@ def create_app(
     app.state.started_at = clock.now()
     app.state.ingress = ingress or Ingress(settings, store, clock)
     errors.install(app)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
+    app.include_router(metrics_api.router)
     if role != "worker":
         # The translation machinery loads at first use; load it now, before gc.freeze() and the
         # first request, so no sender waits for it.
         from bridge.medcom.validation import validate_message  # noqa: F401
 
-        for router in (fhir.router, municipal.router, ops.router, dryrun.router):
+        for router in (fhir.router, municipal.router, ops.router, dryrun.router, audit_api.router):
             app.include_router(router)
         _publish_outcome_schema(app)
     return app

@@ -38,6 +38,7 @@ from bridge.fhir.outcome import Issue, Outcome
 from bridge.fhir.parse import parse_fhir, to_xml
 from bridge.medcom.duplicates import Seen, decide_duplicate
 from bridge.municipal.events import HospitalStayEvent
+from bridge.observability import metrics
 from bridge.outbox.keys import citizen_key
 from bridge.outbox.port import (
     AcceptResult,
@@ -461,6 +462,8 @@ class Ingress:
             destinations=[r.system.id for r in receivers],
         )
         result = self.store.accept(message, deliveries, record)
+        if result.accepted:
+            metrics.accepted(message.kind, message.sender)
         if result.accepted and deliveries and self.on_queued is not None:
             self.on_queued()
         return result
@@ -656,6 +659,7 @@ class Ingress:
         reported twice)."""
         first = exc.outcome.errors[0] if exc.outcome.errors else None
         reason = f"{type(exc).__name__}: {first.code}" if first else type(exc).__name__
+        metrics.rejected(reason)
         try:
             self.store.append_audit(audit.rejected(recorded=self.clock.now(), actor=caller.id, reason=reason))
         except StoreUnavailable:

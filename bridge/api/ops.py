@@ -192,6 +192,15 @@ async def get_message(request: Request, message_id: str, caller: AnyCaller) -> R
     trace = await anyio.to_thread.run_sync(store.message_trace, message_id)
     if trace is None or not visible_to(caller, trace):
         raise NotFound(message_id)
+    read = audit.trace_read(
+        recorded=clock_of(request).now(),
+        actor=caller.name,
+        actor_kind="system" if caller.system is not None else "operator",
+        message_id=trace.message.id,
+        header_id=trace.message.header_id,
+        citizen_key=trace.message.citizen_key,
+    )
+    await anyio.to_thread.run_sync(store.append_audit, read)
     return _json(trace_json(trace))
 
 

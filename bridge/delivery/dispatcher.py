@@ -64,6 +64,7 @@ from bridge.fhir.parse import parse_fhir, sniff_format
 from bridge.medcom.acknowledgement import EVENT as ACKNOWLEDGEMENT_EVENT
 from bridge.medcom.acknowledgement import AckCode
 from bridge.medcom.common import event_code
+from bridge.observability import metrics
 from bridge.outbox.port import (
     AttemptRecord,
     ClaimedDelivery,
@@ -428,6 +429,20 @@ class Dispatcher:
         try:
             if isinstance(decision, RetryAt):
                 self._store.schedule_retry(claimed.id, self.worker_id, attempt, decision.at, now)
+                metrics.delivery(claimed.destination, attempt.outcome)
+                metrics.retry(claimed.destination)
+                self._store.append_audit(
+                    audit.delivery_outcome(
+                        recorded=now,
+                        actor=self.worker_id,
+                        destination=claimed.destination,
+                        message_id=claimed.message_id,
+                        header_id=claimed.header_id,
+                        outcome="retry",
+                        citizen_key=claimed.citizen_key,
+                        reason=attempt.detail or None,
+                    )
+                )
                 log.info(
                     "delivery %s of message %s to %s: attempt %d failed (%s), next at %s",
                     claimed.id,
@@ -483,6 +498,7 @@ class Dispatcher:
             except StoreError as exc:
                 log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
                 return
+            self._audit_delivered([i for i in batch if i.job.claimed.id not in lost], now)
             for item in batch:
                 claimed = item.job.claimed
                 if claimed.id in lost:
@@ -504,6 +520,29 @@ class Dispatcher:
             for item in batch:
                 self._finish(item.job)
 
+    def _audit_delivered(self, batch: list[_Completed], now: datetime) -> None:
+        """One audit record per delivered delivery, the batch in one transaction (one commit)."""
+        records = []
+        for item in batch:
+            claimed = item.job.claimed
+            metrics.delivery(claimed.destination, "delivered")
+            records.append(
+                audit.delivery_outcome(
+                    recorded=now,
+                    actor=self.worker_id,
+                    destination=claimed.destination,
+                    message_id=claimed.message_id,
+                    header_id=claimed.header_id,
+                    outcome="delivered",
+                    citizen_key=claimed.citizen_key,
+                    reason=item.attempt.detail or None,
+                )
+            )
+        try:
+            self._store.append_audit_many(records)
+        except StoreError as exc:  # the deliveries stand; the trace still records each attempt
+            log.warning("%d delivery audit records not stored (%s)", len(records), type(exc).__name__)
+
     def _dead_letter(
         self,
         claimed: ClaimedDelivery,
@@ -513,6 +552,7 @@ class Dispatcher:
         now: datetime,
     ) -> None:
         self._store.dead_letter(claimed.id, self.worker_id, attempt, decision.reason, now)
+        metrics.delivery(claimed.destination, attempt.outcome)
         log.warning(
             "delivery %s of message %s to %s dead after attempt %d: %s",
             claimed.id,
@@ -528,6 +568,7 @@ class Dispatcher:
         self, message_id: str, destination: str, citizen_key: str | None, reason: str, code: AckCode
     ) -> None:
         now = self._clock.now()
+        metrics.dead_letter(destination)
         trace = self._store.message_trace(message_id)
         header_id = trace.message.header_id if trace is not None else message_id
         self._store.append_audit(

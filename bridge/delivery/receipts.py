@@ -49,6 +49,7 @@ from bridge.medcom.acknowledgement import (
     parse_acknowledgement,
 )
 from bridge.medcom.common import derived_id, event_code, fhir_datetime, read_message, read_provenances
+from bridge.observability import metrics
 from bridge.outbox.port import (
     AcceptResult,
     MessageRecord,
@@ -57,6 +58,7 @@ from bridge.outbox.port import (
     NewReceipt,
     OutboxStore,
     ReceiptMatch,
+    StoreError,
 )
 from bridge.settings import Settings
 
@@ -106,13 +108,21 @@ def handle_acknowledgement(
     )
     if match is None:
         log.info("receipt %s from %s matches no delivery", receipt.header_id, from_system)
+        _audit_receipt(store, receipt, from_system, now, None, None, "unmatched")
         return ReceiptHandling("unmatched", receipt)
     if match.duplicate:
         log.info("receipt %s from %s seen before; ignored", receipt.header_id, from_system)
+        _audit_receipt(store, receipt, from_system, now, match, None, "duplicate")
         return ReceiptHandling("duplicate", receipt, match)
-    original = _message(store, match.message_id)
+    trace = store.message_trace(match.message_id)
+    original = None if trace is None else trace.message
+    for delivery in trace.deliveries if trace is not None else ():
+        if delivery.delivery.id == match.delivery_id and delivery.delivery.delivered_at is not None:
+            metrics.receipt_latency(from_system, (now - delivery.delivery.delivered_at).total_seconds())
     if original is None or not _speaks_fhir(settings, original.sender):
+        _audit_receipt(store, receipt, from_system, now, match, original, "recorded")
         return ReceiptHandling("recorded", receipt, match)
+    _audit_receipt(store, receipt, from_system, now, match, original, "forwarded")
     message = NewMessage(
         bundle_id=receipt.bundle_id,
         header_id=receipt.header_id,
@@ -242,6 +252,33 @@ def resend_envelope(
 
 def _uuid() -> str:
     return str(uuid.uuid4())
+
+
+def _audit_receipt(
+    store: OutboxStore,
+    receipt: Any,
+    from_system: str,
+    now: datetime,
+    match: ReceiptMatch | None,
+    original: MessageRecord | None,
+    status: str,
+) -> None:
+    """Audit a received Acknowledgement (best effort: the receipt itself is stored already)."""
+    try:
+        store.append_audit(
+            audit.receipt_received(
+                recorded=now,
+                from_system=from_system,
+                ack_header_id=receipt.header_id,
+                acknowledged_header_id=receipt.acknowledged_id,
+                code=receipt.code,
+                message_id=match.message_id if match is not None else None,
+                citizen_key=original.citizen_key if original is not None else None,
+                status=status,
+            )
+        )
+    except StoreError as exc:
+        log.warning("receipt %s: audit record not stored (%s)", receipt.header_id, type(exc).__name__)
 
 
 def _message(store: OutboxStore, message_id: str) -> MessageRecord | None:

@@ -321,6 +321,17 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class DestinationQueue:
+    """One destination's backlog: open (pending, leased) and dead deliveries, and the oldest open one."""
+
+    destination: str
+    pending: int
+    leased: int
+    dead: int
+    oldest_open_at: datetime | None  # when the oldest pending or leased delivery was created
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeResult:
     """How many delivered payloads and fully delivered message bodies a purge dropped."""
 
@@ -478,6 +489,10 @@ class OutboxStore(Protocol):
 
     def queue_stats(self, now: datetime) -> QueueStats:
         """Delivery counts for metrics and health."""
+        ...
+
+    def destination_queues(self) -> list[DestinationQueue]:
+        """The backlog of every destination that has open or dead deliveries, by destination id."""
         ...
 
 

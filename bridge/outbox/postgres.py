@@ -63,6 +63,7 @@ from bridge.outbox.port import (
     DeliveryRecord,
     DeliveryState,
     DeliveryTrace,
+    DestinationQueue,
     Duplicate,
     InvalidTransition,
     LeaseLost,
@@ -813,3 +814,18 @@ class PostgresOutboxStore:
             expired_leases=int(due["expired_leases"]),
             oldest_due_at=_dt_opt(due["oldest_due_at"]),
         )
+
+    def destination_queues(self) -> list[DestinationQueue]:
+        """The backlog of every destination that has open or dead deliveries, by destination id."""
+        with self._tx(snapshot=True) as cur:
+            rows = cur.execute(_Q["destination_queues"]).fetchall()
+        return [
+            DestinationQueue(
+                destination=r["destination"],
+                pending=int(r["pending"]),
+                leased=int(r["leased"]),
+                dead=int(r["dead"]),
+                oldest_open_at=_dt_opt(r["oldest_open_at"]),
+            )
+            for r in rows
+        ]

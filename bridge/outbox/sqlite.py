@@ -37,6 +37,7 @@ from bridge.outbox.port import (
     DeliveryRecord,
     DeliveryState,
     DeliveryTrace,
+    DestinationQueue,
     Duplicate,
     InvalidTransition,
     LeaseLost,
@@ -779,3 +780,18 @@ class SqliteOutboxStore:
             expired_leases=int(due["expired_leases"]),
             oldest_due_at=_dt_opt(due["oldest_due_at"]),
         )
+
+    def destination_queues(self) -> list[DestinationQueue]:
+        """The backlog of every destination that has open or dead deliveries, by destination id."""
+        with self._read() as conn:
+            rows = conn.execute(_Q["destination_queues"]).fetchall()
+        return [
+            DestinationQueue(
+                destination=r["destination"],
+                pending=int(r["pending"]),
+                leased=int(r["leased"]),
+                dead=int(r["dead"]),
+                oldest_open_at=_dt_opt(r["oldest_open_at"]),
+            )
+            for r in rows
+        ]

@@ -278,5 +278,14 @@ SELECT COUNT(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= %(now)s) 
        MIN(next_attempt_at) FILTER (WHERE state = 'pending' AND next_attempt_at <= %(now)s) AS oldest_due_at
   FROM deliveries;
 
+-- name: destination_queues
+SELECT destination,
+       COUNT(*) FILTER (WHERE state = 'pending') AS pending,
+       COUNT(*) FILTER (WHERE state = 'leased') AS leased,
+       COUNT(*) FILTER (WHERE state = 'dead') AS dead,
+       MIN(created_at) FILTER (WHERE state IN ('pending', 'leased')) AS oldest_open_at
+  FROM deliveries WHERE state IN ('pending', 'leased', 'dead')
+ GROUP BY destination ORDER BY destination;
+
 -- name: ping
 SELECT 1;

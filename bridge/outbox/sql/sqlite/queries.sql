@@ -243,5 +243,14 @@ SELECT COALESCE(SUM(state = 'pending' AND next_attempt_at <= :now), 0) AS due,
        MIN(CASE WHEN state = 'pending' AND next_attempt_at <= :now THEN next_attempt_at END) AS oldest_due_at
   FROM deliveries;
 
+-- name: destination_queues
+SELECT destination,
+       SUM(state = 'pending') AS pending,
+       SUM(state = 'leased') AS leased,
+       SUM(state = 'dead') AS dead,
+       MIN(CASE WHEN state IN ('pending', 'leased') THEN created_at END) AS oldest_open_at
+  FROM deliveries WHERE state IN ('pending', 'leased', 'dead')
+ GROUP BY destination ORDER BY destination;
+
 -- name: ping
 SELECT 1;

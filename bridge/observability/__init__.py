@@ -1,0 +1,1 @@
+"""Observability at the edges: structured logs that refuse PHI, and Prometheus metrics without PHI."""
