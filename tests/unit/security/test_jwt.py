@@ -167,7 +167,10 @@ def test_rotation_new_key_picked_up_and_removed_key_refused(server: JwksServer, 
     server.document = jwks(new)  # ... then withdraws the old one
     old_token = RSA.sign(claims(clock.now(), "c"))
     verifier.verify(old_token)  # still cached: the periodic refresh has not come yet
-    clock.advance(timedelta(minutes=10))
+    clock.advance(timedelta(minutes=3))
+    verifier.verify(old_token)  # verified before: remembered while its key is published
+    clock.advance(timedelta(minutes=7))
+    assert "unknown kid" in refused(verifier, old_token)  # the refresh forgot it with its key
     assert "unknown kid" in refused(verifier, RSA.sign(claims(clock.now(), "c")))
     assert verifier.key_ids() == ["ec-2026-02"]
 
