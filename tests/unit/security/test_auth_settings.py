@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from pki import AUDIENCE, ISSUER, SigningKey, claims, jwks
 
 from bridge.auth import Authenticator, Forbidden, NotAuthenticated, Throttled
@@ -244,3 +247,16 @@ def test_jwt_callers_and_certificate_bound_tokens(tmp_path: Path) -> None:
     )
     with pytest.raises(NotAuthenticated, match="only x5t#S256"):
         auth.identify(f"Bearer {dpop}")
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=200), st.text(max_size=100).map(lambda t: "Bearer " + t)))
+def test_any_authorization_header_is_refused_cleanly(header: str | None) -> None:
+    auth, _ = authenticator()
+    try:
+        caller = auth.identify(header, address="192.0.2.1")
+    except (NotAuthenticated, Throttled) as exc:
+        assert exc.outcome.errors  # an OperationOutcome saying why
+    else:
+        assert header is not None and header.split()[-1] in ("ehr-token", "op-token", "audit-token")
+        assert caller.roles

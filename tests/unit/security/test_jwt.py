@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pki import AUDIENCE, ISSUER, JwksServer, SigningKey, claims, hs256_with, jwks, unsigned
 
 from bridge.clock import FakeClock
@@ -204,3 +206,35 @@ def test_no_keys_at_all_is_reported(tmp_path: Path, clock: FakeClock) -> None:
 def test_a_relative_jwks_file_is_found_from_the_base_dir(keyfile: Path, clock: FakeClock) -> None:
     verifier = JwtVerifier(config(jwks_file=keyfile.name), clock, base_dir=keyfile.parent)
     assert verifier.verify(RSA.sign(claims(clock.now(), "c"))).identity == "c"
+
+
+def _segment(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda header, payload, signature: f"{_segment(header)}.{_segment(payload)}.{signature}",
+            st.one_of(
+                st.binary(max_size=80),
+                st.dictionaries(
+                    st.sampled_from(["alg", "kid", "typ", "crit", "jku", "x5u"]),
+                    st.one_of(
+                        st.text(max_size=20), st.integers(), st.none(), st.sampled_from(["RS256", "ES256"])
+                    ),
+                ).map(lambda d: json.dumps(d).encode()),
+            ),
+            st.one_of(st.binary(max_size=80), st.just(json.dumps({"iss": ISSUER, "aud": AUDIENCE}).encode())),
+            st.text(alphabet="abcXYZ019-_=.", max_size=40),
+        ),
+    )
+)
+def test_any_garbage_is_refused_with_a_reason(verifier: JwtVerifier, garbage: str) -> None:
+    """Whatever arrives as a bearer token, the verifier answers TokenRefused and nothing else."""
+    with pytest.raises(TokenRefused):
+        verifier.verify(garbage)
