@@ -669,6 +669,16 @@ def _auth_problems(settings: Settings) -> list[Issue]:
     if jwt is not None:
         if (jwt.jwks_file is None) == (jwt.jwks_url is None):
             issues.append(error("set exactly one of jwks_file and jwks_url", "auth.jwt", code="required"))
+        elif jwt.jwks_file is not None and not Path(jwt.jwks_file).is_file():
+            # A warning: the file may be put in place before the service starts.
+            issues.append(
+                warning(
+                    "no such file (a relative path is from the working directory); JWTs are refused "
+                    "until it exists",
+                    "auth.jwt.jwks_file",
+                    code="not-found",
+                )
+            )
         if jwt.jwks_url is not None:
             from urllib.parse import urlsplit
 

@@ -260,3 +260,18 @@ def test_any_authorization_header_is_refused_cleanly(header: str | None) -> None
     else:
         assert header is not None and header.split()[-1] in ("ehr-token", "op-token", "audit-token")
         assert caller.roles
+
+
+def test_a_missing_jwks_file_is_warned_about(tmp_path: Path) -> None:
+    def from_file(path: Path) -> Any:
+        def change(data: dict[str, Any]) -> None:
+            del data["auth"]["jwt"]["jwks_url"]
+            data["auth"]["jwt"]["jwks_file"] = str(path)
+
+        return change
+
+    settings, issues = checked(from_file(tmp_path / "absent.json"))
+    assert settings is not None and [(i[0], i[2]) for i in issues] == [("warning", "auth.jwt.jwks_file")]
+    (tmp_path / "present.json").write_text('{"keys": []}')
+    settings, issues = checked(from_file(tmp_path / "present.json"))
+    assert settings is not None and issues == []
