@@ -247,7 +247,13 @@ class Authenticator:
         Raises ``Throttled`` (429) while the address or the claimed identity is blocked, else
         ``NotAuthenticated`` (401, audited and counted against both) when nothing identifies a caller.
         """
-        token = self._token(authorization)
+        try:
+            token = self._token(authorization)
+        except NotAuthenticated as exc:  # not a bearer token at all
+            bad_scheme: NotAuthenticated | None = exc
+            token = None
+        else:
+            bad_scheme = None
         claimed = self._claimed(token, certificate)
         keys = [f"ip:{address}"] + ([f"id:{claimed}"] if claimed else [])
         now = self.clock.now()
@@ -258,6 +264,8 @@ class Authenticator:
                 wait,
             )
         try:
+            if bad_scheme is not None:
+                raise bad_scheme
             return self._identify(token, certificate)
         except NotAuthenticated as exc:
             if self.limiter.failure(keys, now):

@@ -275,3 +275,35 @@ def test_a_missing_jwks_file_is_warned_about(tmp_path: Path) -> None:
     (tmp_path / "present.json").write_text('{"keys": []}')
     settings, issues = checked(from_file(tmp_path / "present.json"))
     assert settings is not None and issues == []
+
+
+def test_every_refusal_is_audited_even_of_other_schemes(tmp_path: Path) -> None:
+    from bridge.outbox import open_store
+
+    settings, _ = checked()
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        auth = Authenticator(settings, FakeClock(), store)
+        for header in ("Basic b3A6cGFzcw==", "Digest x", None):
+            with pytest.raises(NotAuthenticated):
+                auth.identify(header, address="192.0.2.7")
+        with pytest.raises(Throttled):
+            auth.identify("Bearer ehr-token", address="192.0.2.7")
+        system = auth.identify("Bearer ehr-token", address="192.0.2.8")
+        with pytest.raises(Forbidden):
+            auth.authorize(system, ("auditor",), READ_AUDIT, "192.0.2.8")
+        entries = store.read_audit(0, 100)
+    finally:
+        store.close()
+    assert [(e.record.action, e.record.actor) for e in entries] == [
+        ("auth.refused", "unauthenticated"),
+        ("auth.refused", "unauthenticated"),
+        ("auth.refused", "unauthenticated"),
+        ("auth.forbidden", "ehr"),
+    ]
+    descriptions = [json.loads(e.record.body)["outcomeDesc"] for e in entries]
+    assert (
+        descriptions[0]
+        == "HTTP 401 from 192.0.2.7: Only bearer tokens are accepted: Authorization: Bearer <token>"
+    )
+    assert descriptions[3].startswith("HTTP 403 from 192.0.2.8: This endpoint is for auditors")
