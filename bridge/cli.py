@@ -362,9 +362,12 @@ def serve(
 
     from bridge.app import create_app
     from bridge.clock import SystemClock
+    from bridge.observability.logging import configure_logging, uvicorn_log_config
     from bridge.outbox import open_store
     from bridge.settings import check_settings_file
 
+    # JSON lines that refuse PHI, for the bridge and every library, before anything logs.
+    configure_logging(log_level)
     settings, outcome = check_settings_file(config)
     if settings is None:
         _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
@@ -394,6 +397,7 @@ def serve(
                 host=host or settings.listen.host,
                 port=port if port is not None else settings.listen.port,
                 log_level=log_level,
+                log_config=uvicorn_log_config(),  # keep the handler configure_logging installed
                 access_log=False,  # request lines carry no PHI, but the audit trail is the record
                 timeout_graceful_shutdown=int(settings.dispatcher.shutdown_grace.total_seconds()) or 1,
                 server_header=False,
