@@ -39,7 +39,9 @@ from bridge.clock import Clock
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.ingress import Ingress
 from bridge.observability.metrics import RequestMetrics, timed_store
+from bridge.outbox.encryption import encrypting_store
 from bridge.outbox.port import OutboxStore
+from bridge.retention import RetentionWorker
 from bridge.settings import Settings
 
 Role = Literal["all", "api", "worker"]
@@ -85,6 +87,8 @@ def create_app(
     ``ingress`` replaces the accept pipeline (tests wrap the store)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    keys = settings.store.payload_keys
+    store = encrypting_store(store, keys.get_secret_value() if keys is not None else None)
     store = timed_store(store)  # bridge_store_duration_seconds for every store call of the process
 
     @asynccontextmanager
@@ -95,10 +99,19 @@ def create_app(
             dispatcher.start()
             app.state.ingress.on_queued = dispatcher.notify
         app.state.dispatcher = dispatcher
+        retention = None
+        if role in ("all", "worker") and settings.retention.payloads is not None:
+            actor = dispatcher.worker_id if dispatcher is not None else "retention"
+            retention = RetentionWorker(
+                store, clock, settings.retention.payloads, settings.retention.interval, actor
+            )
+            retention.start()
         gc.freeze()
         try:
             yield
         finally:
+            if retention is not None:
+                retention.stop()
             if dispatcher is not None:
                 app.state.ingress.on_queued = None
                 dispatcher.stop(timeout=settings.dispatcher.shutdown_grace.total_seconds())

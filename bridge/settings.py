@@ -121,6 +121,9 @@ class StoreConfig(_Model):
 
     url: str = "sqlite:///var/bridge.db"
     citizen_key_secret: SecretStr
+    #: Encryption at rest of stored payloads (``bridge.outbox.encryption``): ``id=base64key,...``, the
+    #: first key seals; write ``${BRIDGE_PAYLOAD_KEYS}`` so the keys stay in the environment.
+    payload_keys: SecretStr | None = None
 
     @field_validator("url")
     @classmethod
@@ -133,6 +136,15 @@ class StoreConfig(_Model):
         elif scheme not in ("postgresql", "postgres"):
             raise ValueError("the store URL must start with sqlite:/// or postgresql://")
         return url
+
+    @field_validator("payload_keys")
+    @classmethod
+    def _keys_readable(cls, keys: SecretStr | None) -> SecretStr | None:
+        if keys is not None:
+            from bridge.outbox.encryption import PayloadKeys
+
+            PayloadKeys.parse(keys.get_secret_value())  # raises ValueError naming the problem, not a key
+        return keys
 
     @field_validator("citizen_key_secret")
     @classmethod
@@ -182,6 +194,14 @@ class DispatcherConfig(_Model):
     poll_interval: Duration = timedelta(seconds=1)
     batch_size: int = Field(default=16, ge=1, le=1000)
     shutdown_grace: Duration = timedelta(seconds=30)
+
+
+class RetentionConfig(_Model):
+    """Data minimisation (``bridge.retention``): how long delivered payloads are kept (``null``: for ever),
+    and how often the worker purges."""
+
+    payloads: Duration | None = timedelta(days=30)
+    interval: Duration = timedelta(hours=1)
 
 
 class Limits(_Model):
@@ -379,6 +399,7 @@ class Settings(_Model):
     medcom: MedcomConfig = MedcomConfig()
     dispatcher: DispatcherConfig = DispatcherConfig()
     limits: Limits = Limits()
+    retention: RetentionConfig = RetentionConfig()
     systems: list[System] = Field(min_length=1)
     routing: list[RoutingRule] = []
     operators: list[Operator] = []

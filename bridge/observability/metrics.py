@@ -12,6 +12,7 @@ text from a message ever becomes a label (``check_label`` refuses anything else 
   read from the store at scrape time
 - ``bridge_receipt_latency_seconds{destination}``: delivery to MedCom Acknowledgement
 - ``bridge_request_duration_seconds{method,route,status}``, ``bridge_store_duration_seconds{operation}``
+- ``bridge_payloads_purged_total{kind}`` (retention), ``bridge_store_up``
 
 The counters live in one registry per process (``REGISTRY``); the queue gauges are collected per app
 from its store, so ``render`` takes the store.
@@ -76,6 +77,10 @@ STORE_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+PAYLOADS_PURGED = Counter(
+    "bridge_payloads_purged", "Payloads dropped by retention", ["kind"], registry=REGISTRY
+)
+
 _LABEL = re.compile(r"^[A-Za-z0-9_.:/{}@+$ -]{0,120}$")
 
 
@@ -114,6 +119,12 @@ def dead_letter(destination: str) -> None:
 def receipt_latency(destination: str, seconds: float) -> None:
     """Observe the time from delivery to receipt."""
     RECEIPT_LATENCY.labels(check_label(destination)).observe(max(seconds, 0.0))
+
+
+def payloads_purged(deliveries: int, messages: int) -> None:
+    """Count payloads dropped by retention."""
+    PAYLOADS_PURGED.labels("delivery").inc(deliveries)
+    PAYLOADS_PURGED.labels("message").inc(messages)
 
 
 def request_done(method: str, route: str, status: int, seconds: float) -> None:
