@@ -271,9 +271,11 @@ def receipt_received(
     message_id: str | None,
     citizen_key: str | None = None,
     status: str = "recorded",
+    forwarded_to: str | None = None,
 ) -> AuditRecord:
     """The audit record of a MedCom Acknowledgement received from ``from_system`` (``code`` is its
-    response code; ``status`` what the bridge did with it: recorded, forwarded, duplicate, unmatched)."""
+    response code; ``status`` what the bridge did with it: recorded, forwarded, duplicate, unmatched;
+    ``forwarded_to`` the original sender it goes on to)."""
     body = audit_event(
         recorded=recorded,
         event="import",
@@ -283,6 +285,7 @@ def receipt_received(
         subtype="receipt",
         message_header_id=acknowledged_header_id,
         citizen_key=citizen_key,
+        destinations=(forwarded_to,) if forwarded_to else (),
         description=f"Acknowledgement {ack_header_id}: {code}, {status}",
     )
     return _record("receipt.received", from_system, body, recorded, message_id)

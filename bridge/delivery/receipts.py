@@ -52,6 +52,7 @@ from bridge.medcom.common import derived_id, event_code, fhir_datetime, read_mes
 from bridge.observability import metrics
 from bridge.outbox.port import (
     AcceptResult,
+    AuditRecord,
     MessageRecord,
     NewDelivery,
     NewMessage,
@@ -122,7 +123,6 @@ def handle_acknowledgement(
     if original is None or not _speaks_fhir(settings, original.sender):
         _audit_receipt(store, receipt, from_system, now, match, original, "recorded")
         return ReceiptHandling("recorded", receipt, match)
-    _audit_receipt(store, receipt, from_system, now, match, original, "forwarded")
     message = NewMessage(
         bundle_id=receipt.bundle_id,
         header_id=receipt.header_id,
@@ -133,7 +133,20 @@ def handle_acknowledgement(
         content_type=FHIR_JSON,
         received_at=now,
     )
-    result = _queue(store, message, original.sender, from_system, now)
+    # One record tells both the receipt and its forwarding, written in the forward's own transaction
+    # (a separate commit per receipt would cost a whole fsync on the delivery path).
+    record = audit.receipt_received(
+        recorded=now,
+        from_system=from_system,
+        ack_header_id=receipt.header_id,
+        acknowledged_header_id=receipt.acknowledged_id,
+        code=receipt.code,
+        message_id=match.message_id,
+        citizen_key=original.citizen_key,
+        status="forwarded",
+        forwarded_to=original.sender,
+    )
+    result = _queue(store, message, original.sender, from_system, now, record)
     log.info(
         "receipt %s (%s) for message %s forwarded to %s",
         receipt.header_id,
@@ -291,8 +304,15 @@ def _speaks_fhir(settings: Settings, system_id: str) -> bool:
     return system is not None and system.format == "fhir"
 
 
-def _queue(store: OutboxStore, message: NewMessage, to: str, actor: str, now: datetime) -> AcceptResult:
-    record = audit.accepted(
+def _queue(
+    store: OutboxStore,
+    message: NewMessage,
+    to: str,
+    actor: str,
+    now: datetime,
+    record: AuditRecord | None = None,
+) -> AcceptResult:
+    record = record or audit.accepted(
         recorded=now,
         actor=actor,
         kind=message.kind,
