@@ -170,3 +170,30 @@ def test_payloads_stored_before_encryption_stay_readable(
     assert sealed.message_payload(plain.id) == load_example(ADMISSION).payload
     [c] = sealed.claim_due("w1", clock.now(), LEASE, 10)
     assert c.payload == pd[0].payload
+
+
+def test_a_sealed_payload_moved_to_another_row_does_not_open(
+    store: OutboxStore, clock: FakeClock, messages: Messages, tmp_path: Path
+) -> None:
+    sealed = encrypting_store(store, f"k1={_key()}")
+    first, fd, fa = messages.from_example(ADMISSION)
+    second, sd, sa = messages.from_example(DISCHARGE)
+    sealed.accept(first, fd, fa)
+    sealed.accept(second, sd, sa)
+    # The database owner copies one message's sealed body onto the other's row.
+    stolen = store.message_payload(first.id)
+    assert stolen is not None
+    inner = sealed.inner
+    if isinstance(inner, SqliteOutboxStore):
+        conn = sqlite3.connect(inner.path)
+        try:
+            conn.execute("UPDATE messages SET payload = ? WHERE id = ?", (stolen, second.id))
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(schema_url(postgres_server_url(), _schema_of(tmp_path))) as pg:
+            pg.execute("UPDATE messages SET payload = %s WHERE id = %s", (stolen, second.id))
+    with pytest.raises(PayloadKeyError, match="does not open: changed or moved"):
+        sealed.message_payload(second.id)
+    assert sealed.message_payload(first.id) == load_example(ADMISSION).payload
