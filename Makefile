@@ -31,8 +31,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict bridge
 
+# Everything but the reliability tier runs on both cores; the reliability tier (crash loops, several
+# processes, a database restart) runs alone after it, so nothing else shares the machine with it.
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -m "not reliability"
+	$(BIN)/python -m pytest -q -m reliability
 
 ## make bench: every benchmark, JSON on stdout
 bench: $(STAMP)
