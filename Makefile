@@ -37,11 +37,13 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not reliability"
 	$(BIN)/python -m pytest -q -m reliability
 
-## make bench: every benchmark, JSON on stdout
+## make bench: the benchmarks that need nothing but this machine, JSON on stdout (make bench-service,
+## and benchmarks/scaleout.py with BRIDGE_TEST_POSTGRES_URL, for the service and the multi-node figures)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/translate.py
 	$(BIN)/python benchmarks/medcom_validate.py
-	$(BIN)/python benchmarks/outbox_sqlite.py
+	$(BIN)/python benchmarks/outbox.py --engine sqlite
+	$(BIN)/python benchmarks/auth.py
 
 ## make bench-service: the service benchmark (accepts, latency, deliveries, floors, RSS), JSON on stdout
 bench-service: $(STAMP)
