@@ -31,7 +31,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from bridge import __version__
+from bridge import __version__, console
 from bridge.api import audit as audit_api
 from bridge.api import dryrun, errors, fhir, health, municipal, ops
 from bridge.api import metrics as metrics_api
@@ -142,6 +142,7 @@ def create_app(
 
         for router in (fhir.router, municipal.router, ops.router, dryrun.router, audit_api.router):
             app.include_router(router)
+        console.install(app, settings)
         _publish_outcome_schema(app)
     return app
 
