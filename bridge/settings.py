@@ -209,6 +209,8 @@ class Limits(_Model):
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_depth: int = Field(default=64, ge=4, le=1000)
+    #: A body must arrive within this time, however slowly it trickles (slow clients hold a connection).
+    body_timeout: Duration = timedelta(seconds=30)
 
 
 class Organisation(_Model):

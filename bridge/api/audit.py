@@ -24,12 +24,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from bridge import audit
@@ -272,10 +272,14 @@ async def search_audit(request: Request, caller: AuditReader) -> Response:
     description="The AuditEvent at place `seq` of the hash chain (auditors only).",
     responses={
         200: {"description": "An AuditEvent", "content": {FHIR_JSON: {}}},
-        **error_responses(401, 403, 404),
+        **error_responses(400, 401, 403, 404),
     },
 )
-async def read_audit_event(request: Request, seq: int, caller: AuditReader) -> Response:
+async def read_audit_event(
+    request: Request,
+    seq: Annotated[int, Path(le=2**63 - 1)],  # a larger integer overflows the database's
+    caller: AuditReader,
+) -> Response:
     store = store_of(request)
     entries = await anyio.to_thread.run_sync(lambda: store.read_audit(after_seq=max(seq - 1, 0), limit=1))
     if not entries or entries[0].seq != seq:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+import anyio
+from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
 
 from bridge.auth import Authenticator, Caller, Role
 from bridge.clock import Clock
@@ -137,14 +139,29 @@ AuditorCaller = Annotated[Caller, Depends(auditor_caller)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused by Content-Length before reading and cut off once past ``limit``."""
+    """The request body, refused by Content-Length before reading and cut off once past ``limit``.
+
+    The whole body must arrive within ``limits.body_timeout`` (408 otherwise), so a client that trickles
+    bytes cannot hold a connection and a worker slot for ever; a client that hangs up mid-body gets a
+    400 it will never read instead of an internal error.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit():
         check_size(int(declared), limit)
+    timeout = settings_of(request).limits.body_timeout.total_seconds()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        check_size(size, limit)  # stop reading at once: the rest is never buffered
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                check_size(size, limit)  # stop reading at once: the rest is never buffered
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(
+            408, f"The request body did not arrive within {timeout:g} s", {"Connection": "close"}
+        ) from None
+    except ClientDisconnect:
+        # Starlette re-raises any other exception to the server, which logs it with a traceback.
+        raise HTTPException(400, "The client closed the connection before the body was complete") from None
     return b"".join(chunks)

@@ -115,7 +115,7 @@ def validate(
             "description": "The translation",
             "content": {FHIR_JSON: {}, FHIR_XML: {}, "application/json": {}},
         },
-        **error_responses(400, 401, 413, 415),
+        **error_responses(400, 401, 403, 413, 415),
     },
 )
 async def post_translate(
@@ -157,7 +157,7 @@ async def post_translate(
                 FHIR_XML: {},
             },
         },
-        **error_responses(400, 401, 413, 415),
+        **error_responses(400, 401, 403, 413, 415),
     },
 )
 async def post_validate(

@@ -32,6 +32,8 @@ from bridge.outbox.port import (
 )
 
 router = APIRouter(tags=["Operations"])
+#: The largest page offset: far beyond any store's rows, and a larger integer overflows the database's.
+MAX_OFFSET = 2**31 - 1
 
 _DELIVERY_EXAMPLE: dict[str, Any] = {
     "id": "0b6f2f4e-3c1d-4a57-9d4e-2f1a0c9b8e71",
@@ -255,7 +257,7 @@ async def list_messages(
     received_from: Annotated[datetime | None, Query(alias="from")] = None,
     received_to: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
     from bridge.errors import InvalidInput
     from bridge.fhir.outcome import Issue, Outcome
@@ -283,7 +285,7 @@ async def list_deliveries(
     caller: OperatorCaller,
     state: Literal["pending", "leased", "delivered", "dead"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
     store = store_of(request)
     found = await anyio.to_thread.run_sync(store.list_deliveries, state, limit, offset)
