@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint typecheck pytest bench bench-service clean venv
+.PHONY: run demo test lint typecheck pytest bench bench-service clean venv browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m bridge.demo translate examples
 
-## make test: ruff, mypy --strict and the whole test suite
-test: $(STAMP) lint typecheck pytest
+## make test: ruff, mypy --strict and the whole test suite (the browser test included)
+test: $(STAMP) browser lint typecheck pytest
+
+## make browser: Debian's chromium and chromium-driver for the console's browser test (as root, once)
+browser:
+	@test -x /usr/bin/chromedriver -a -x /usr/bin/chromium || { \
+		echo "installing chromium and chromium-driver for the browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
