@@ -154,6 +154,9 @@ async def _invalid_input(request: Request, exc: Exception) -> Response:
     headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None
     if isinstance(exc, Throttled):
         headers = {"Retry-After": str(exc.retry_after)}
+    if status == 413:
+        # The unread rest of the body would otherwise keep the connection (and a slow sender) alive.
+        headers = {"Connection": "close"}
     return outcome_response(request, exc.outcome, status, headers)
 
 
