@@ -66,7 +66,7 @@ def _poll(check: object, timeout: float, what: str) -> None:
 def _sign_in(browser: Driver, base: str, token: str) -> None:
     browser.get(f"{base}/console/login")
     browser.type(browser.find("#token"), token)
-    browser.click(browser.find("#sign-in"))
+    browser.click_and_load(browser.find("#sign-in"))
 
 
 def test_an_operator_finds_a_dead_letter_retries_it_and_sees_it_delivered(
@@ -122,7 +122,7 @@ def test_an_operator_finds_a_dead_letter_retries_it_and_sees_it_delivered(
         browser.screenshot(tmp_path / "overview.png")
 
         # The dead letter is listed; the message list finds it by its state too.
-        browser.click(browser.find('a[href="/console/dead"]'))
+        browser.click_and_load(browser.find('a[href="/console/dead"]'))
         listed = browser.text(browser.find("#dead"))
         assert letter["message_id"] in listed and MUNICIPALITY in listed and "HTTP 400" in listed
         browser.get(f"{base}/console/messages?state=dead")
@@ -135,7 +135,7 @@ def test_an_operator_finds_a_dead_letter_retries_it_and_sees_it_delivered(
             "arguments[0].form.querySelector('input[name=csrf]').remove();",
             {"element-6066-11e4-a52e-4f735466cecf": browser.find(button)},
         )
-        browser.click(browser.find(button))
+        browser.click_and_load(browser.find(button))
         assert "CSRF token is missing or wrong" in browser.page_text()
         session_cookie = {c["name"]: c["value"] for c in browser.cookies()}
         refused = httpx.post(f"{base}/console/deliveries/{letter['id']}/retry", cookies=session_cookie)
@@ -144,7 +144,7 @@ def test_an_operator_finds_a_dead_letter_retries_it_and_sees_it_delivered(
         # The receiver is fixed; Retry, and the trace page shows the delivery delivered.
         municipality.faults([])
         browser.get(f"{base}/console/dead")
-        browser.click(browser.find(button))
+        browser.click_and_load(browser.find(button))
         assert browser.url == f"{base}/console/messages/{letter['message_id']}"
 
         def delivered() -> bool:
@@ -157,7 +157,7 @@ def test_an_operator_finds_a_dead_letter_retries_it_and_sees_it_delivered(
         assert browser.find_all("#no-dead")
 
         # Sign out; the auditor signs in and reads the replay in the audit trail.
-        browser.click(browser.find("#logout"))
+        browser.click_and_load(browser.find("#logout"))
         assert browser.url == f"{base}/console/login"
         browser.get(f"{base}/console/overview")
         assert browser.url == f"{base}/console/login"

@@ -125,6 +125,26 @@ class Driver:
     def click(self, element: str) -> None:
         self._call("POST", self._s(f"/element/{element}/click"), {})
 
+    def click_and_load(self, element: str, timeout: float = 30.0) -> None:
+        """Click ``element`` (a link or a submit button) and wait until the next page has loaded.
+
+        A click returns as soon as it is dispatched; the page it leads to loads afterwards. The current
+        document is marked first, so the wait ends only in a new, fully loaded document.
+        """
+        self.script("document.documentElement.dataset.leaving = '1';")
+        self.click(element)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.script(
+                    "return document.readyState === 'complete' && !document.documentElement.dataset.leaving;"
+                ):
+                    return
+            except WebDriverError:
+                pass  # the document went away in the middle of the check
+            time.sleep(0.05)
+        raise WebDriverError("the page after the click did not load")
+
     def script(self, source: str, *args: Any) -> Any:
         return self._call("POST", self._s("/execute/sync"), {"script": source, "args": list(args)})
 
