@@ -145,6 +145,12 @@ async def login_form(request: Request) -> Response:
     return _login_page()
 
 
+def _refused(request: Request, address: str, why: str) -> AuditRecord:
+    return _action(
+        request, "unauthenticated", "login-refused", outcome="4", description=f"from {address}: {why}"
+    )
+
+
 def _console_roles(caller: Caller) -> list[str]:
     """The console roles a caller gets: its operator/auditor roles, as far as its scopes allow."""
     roles = []
@@ -165,8 +171,10 @@ async def login(request: Request) -> Response:
     try:
         caller = await anyio.to_thread.run_sync(authenticator.identify, f"Bearer {token}", None, address)
     except Throttled as exc:
+        await _audit(request, _refused(request, address, "throttled after repeated failures"))
         return _login_page(exc.outcome.errors[0].diagnostics, 429)
-    except NotAuthenticated:  # audited by the authenticator as a refused authentication
+    except NotAuthenticated:  # the authenticator records the failed authentication too
+        await _audit(request, _refused(request, address, "the token is not valid"))
         return _login_page("Sign-in refused: the token is not valid.", 401)
     roles = _console_roles(caller)
     if caller.system is not None or not roles:

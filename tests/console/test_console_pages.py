@@ -56,8 +56,15 @@ def test_a_wrong_token_and_a_system_token_do_not_sign_in(console: Console) -> No
         assert system.status_code == 403 and "operators and auditors" in system.text
         assert "set-cookie" not in system.headers
         assert client.get("/console/overview").status_code == 303
-    (refused,) = console.audit("console.login-refused")
-    assert refused.record.actor == "herlev-gentofte-hospital"
+        for _ in range(12):  # past the failure limit: throttled, and still no session
+            last = client.post("/console/login", data={"token": "still-wrong"})
+        assert last.status_code == 429 and "retry in" in last.text.lower()
+        assert client.post("/console/login", data={"token": OPERATOR_TOKEN}).status_code == 429
+    wrong_token, system_token, *throttled = console.audit("console.login-refused")
+    assert throttled
+    assert wrong_token.record.actor == "unauthenticated"
+    assert system_token.record.actor == "herlev-gentofte-hospital"
+    assert "not-a-token" not in wrong_token.record.body.decode()  # a typed secret is never recorded
     assert console.audit("auth.refused")  # the wrong token, recorded by the authenticator
 
 
