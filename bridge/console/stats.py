@@ -163,6 +163,8 @@ def overview(
         if action != "delivery.delivered" and action not in _FAILED:
             continue
         index = int((entry.record.recorded_at - since) / width)
+        if index == buckets and entry.record.recorded_at == now:
+            index -= 1  # an outcome at this very moment belongs to the last slice
         if not 0 <= index < buckets:
             continue
         target = _destination(entry.record.body)
