@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.errors import InvalidInput, UnmappableRecord
+from bridge.errors import InvalidInput, InvalidMessage, UnmappableRecord
 from bridge.fhir.outcome import Issue, IssueCode, Outcome
 from bridge.mapping.engine import MappingSet, load_mapping_set
 from bridge.municipal.model import MunicipalRecord
@@ -249,6 +249,13 @@ def fhir_to_municipal(resource: dict[str, Any], mappings: MappingSet | None = No
     from bridge.medcom.validation import recognise
 
     kind = recognise(resource) if resource.get("resourceType") == "Bundle" else None
+    if kind in ("hospital-notification", "care-communication"):
+        from bridge.medcom.validation import validate_message
+
+        # The readers below trust the message's structure, as they may after the ingress validated it.
+        checked = validate_message(resource)
+        if checked.has_errors:
+            raise InvalidMessage(checked.errors)
     if kind == "hospital-notification":
         return to_event(resource), Outcome()
     if kind == "care-communication":
