@@ -66,3 +66,9 @@ reliability: $(STAMP)
 	BRIDGE_RELIABILITY_KILLS=300 BRIDGE_RELIABILITY_MESSAGES=4000 \
 	BRIDGE_RELIABILITY_CONCURRENT_MESSAGES=10000 BRIDGE_RELIABILITY_RESTART_MESSAGES=3000 \
 	$(BIN)/python -m pytest -q -s -m reliability tests/reliability
+
+## make fuzz: the hostile-input tier with long budgets (schemathesis against the running service,
+## hypothesis against the parsers and the mapping engine, slow clients); see docs/hostile-input.md
+.PHONY: fuzz
+fuzz: $(STAMP)
+	BRIDGE_FUZZ_EXAMPLES=500 BRIDGE_FUZZ_SECONDS=1200 $(BIN)/python -m pytest -q -s tests/fuzz
