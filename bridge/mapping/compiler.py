@@ -144,6 +144,13 @@ def _find(items: Any, key: tuple[str, ...], values: tuple[str, ...]) -> Any:
     return MISSING
 
 
+def _resolve(res: Any, ref: Any) -> tuple[str, str] | None:
+    """The (scope, item id) a Reference points at inside the Bundle; None for anything else."""
+    value = ref.get("reference") if ref.__class__ is dict else None
+    found: tuple[str, str] | None = res.by_url.get(value) if value.__class__ is str else None
+    return found
+
+
 def _error(issues: list[Issue], code: Any, diagnostics: str, where: str) -> None:
     issues.append(Issue("error", code, diagnostics, (where,)))
 
@@ -462,6 +469,7 @@ class MapCompiler:
             "_select": _select,
             "_find": _find,
             "_error": _error,
+            "_resolve": _resolve,
             "_item_source": item_source,
         }
         source = "\n".join(fwd.lines) + "\n\n" + "\n".join(rev.lines) + "\n"
@@ -630,9 +638,7 @@ class MapCompiler:
         found = code.fresh("f")
         if not rule.source:
             code.line(d, f"if {v} is not MISSING:")
-            code.line(
-                d + 1, f"{found} = res.by_url.get({v}.get('reference')) if {v}.__class__ is dict else None"
-            )
+            code.line(d + 1, f"{found} = _resolve(res, {v})")
             code.line(d + 1, f"if {found} is None or {found}[0] != {rule.ref!r}:")
             code.line(d + 2, f"_error(res.issues, 'not-found', {message!r}, f'{{{loc}}}.{fhir_text}')")
             return
@@ -642,9 +648,7 @@ class MapCompiler:
             code.line(d, f"if {v}.__class__ is list:")
             code.line(d + 1, f"{made} = []")
             code.line(d + 1, f"for {i}, {x} in enumerate({v}):")
-            code.line(
-                d + 2, f"{found} = res.by_url.get({x}.get('reference')) if {x}.__class__ is dict else None"
-            )
+            code.line(d + 2, f"{found} = _resolve(res, {x})")
             code.line(d + 2, f"if {found} is None or {found}[0] != {rule.ref!r}:")
             code.line(
                 d + 3, f"_error(res.issues, 'not-found', {message!r}, f'{{{loc}}}.{fhir_text}[{{{i}}}]')"
@@ -654,7 +658,7 @@ class MapCompiler:
             _emit_set(code, d + 1, target, source, made)
             return
         code.line(d, f"if {v} is not MISSING and {v} is not None:")
-        code.line(d + 1, f"{found} = res.by_url.get({v}.get('reference')) if {v}.__class__ is dict else None")
+        code.line(d + 1, f"{found} = _resolve(res, {v})")
         code.line(d + 1, f"if {found} is None or {found}[0] != {rule.ref!r}:")
         code.line(d + 2, f"_error(res.issues, 'not-found', {message!r}, f'{{{loc}}}.{fhir_text}')")
         code.line(d + 1, "else:")

@@ -243,3 +243,16 @@ def test_the_shipped_mappings_cover_every_field_of_the_record() -> None:
         "version",
     ]:
         assert any(r == needed or r.endswith("." + needed) for r in reads), needed
+
+
+@pytest.mark.parametrize("junk", [["a"], {"x": 1}, 7, None])
+def test_references_and_codes_of_the_wrong_type_are_errors_not_crashes(junk: object) -> None:
+    b = bundle()
+    i, goal = entry(b, "Goal")
+    goal["addresses"][0]["reference"] = junk
+    _, cond = entry(b, "Condition")
+    cond["severity"]["coding"][0]["code"] = junk
+    cond["clinicalStatus"] = junk
+    with pytest.raises(UnmappableRecord) as err:
+        fhir_to_record(b)
+    assert f"Bundle.entry[{i}].resource.addresses[0]" in {x.expression[0] for x in err.value.outcome.issues}
