@@ -231,6 +231,18 @@ def test_fhir_to_municipal_on_damaged_medcom_messages(document: dict[str, Any]) 
         assert isinstance(outcome, Outcome)
 
 
+RECORD_BUNDLES = [municipal_to_fhir(doc) for doc in MUNICIPAL_DOCS if isinstance(doc, dict)]
+
+
+@_fuzz_settings(5)
+@given(document=mutated(RECORD_BUNDLES))
+def test_fhir_to_municipal_on_damaged_care_record_bundles(document: dict[str, Any]) -> None:
+    result = _only_invalid_input(fhir_to_municipal, document)
+    if result is not None:
+        _model, outcome = result
+        assert isinstance(outcome, Outcome)
+
+
 # ------------------------------------------------------------------------------------------- big bodies
 def _peak(call: Any, *args: Any) -> int:
     tracemalloc.start()
