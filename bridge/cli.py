@@ -359,7 +359,9 @@ def serve(
     import signal
 
     import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    from bridge.api.protocol import with_header_deadline
     from bridge.app import create_app
     from bridge.clock import SystemClock
     from bridge.observability.logging import configure_logging, uvicorn_log_config
@@ -401,7 +403,12 @@ def serve(
                 access_log=False,  # request lines carry no PHI, but the audit trail is the record
                 timeout_graceful_shutdown=int(settings.dispatcher.shutdown_grace.total_seconds()) or 1,
                 server_header=False,
-                **tls,
+                **{
+                    **tls,
+                    "http": with_header_deadline(
+                        tls.get("http", H11Protocol), settings.limits.header_timeout.total_seconds()
+                    ),
+                },
             )
         )
         server.run()  # handles SIGTERM and SIGINT: stop accepting, finish requests, run the lifespan exit

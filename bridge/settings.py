@@ -211,6 +211,7 @@ class Limits(_Model):
     max_depth: int = Field(default=64, ge=4, le=1000)
     #: A body must arrive within this time, however slowly it trickles (slow clients hold a connection).
     body_timeout: Duration = timedelta(seconds=30)
+    header_timeout: Duration = timedelta(seconds=10)  # the first request's headers, from the connection
 
 
 class Organisation(_Model):

@@ -32,6 +32,8 @@ BODY_LIMIT = 262_144
 DEPTH_LIMIT = 64
 #: Seconds the bridge waits for the rest of a request body (``limits.body_timeout``).
 BODY_TIMEOUT = 2.0
+#: Seconds the bridge waits for a connection's first request headers (``limits.header_timeout``).
+HEADER_TIMEOUT = 2.0
 
 
 def examples() -> int:
@@ -77,6 +79,7 @@ def start_target(directory: Path, procs: list[Proc]) -> Target:
         "max_body_bytes": BODY_LIMIT,
         "max_depth": DEPTH_LIMIT,
         "body_timeout": f"{BODY_TIMEOUT:g}s",
+        "header_timeout": f"{HEADER_TIMEOUT:g}s",
     }
     bridge = Bridge(directory, config)
     procs.append(bridge)

@@ -11,7 +11,7 @@ import socket
 import time
 
 import httpx
-from fuzz_bed import BODY_TIMEOUT, Target
+from fuzz_bed import BODY_TIMEOUT, HEADER_TIMEOUT, Target
 from harness import wait_until
 from test_openapi import is_outcome
 
@@ -74,6 +74,31 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_with_408(target: Target) -> Non
     assert is_outcome(response)
     assert response.headers.get("connection") == "close"
     assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5, waited
+    assert httpx.get(f"{target.url}/healthz", timeout=5).status_code == 200
+
+
+def test_headers_trickled_byte_by_byte_are_cut_off(target: Target) -> None:
+    head = _head(target, 10)
+    started = time.monotonic()
+    closed_after = None
+    with socket.create_connection(("127.0.0.1", target.bridge.port), timeout=5) as sock:
+        sock.setblocking(False)
+        for byte in head:  # one header byte every 100 ms: the whole head would take minutes
+            try:
+                sock.send(bytes([byte]))
+                if sock.recv(65536) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+                break
+            if time.monotonic() - started > HEADER_TIMEOUT + 10:
+                break
+            time.sleep(0.1)
+    assert closed_after is not None, "the connection was still open"
+    assert HEADER_TIMEOUT - 0.5 <= closed_after < HEADER_TIMEOUT + 5, closed_after
     assert httpx.get(f"{target.url}/healthz", timeout=5).status_code == 200
 
 
