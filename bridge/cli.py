@@ -495,6 +495,27 @@ def mappings_reload(
     _fail(f"the bridge answered HTTP {answer.status_code}", EXIT_USAGE)
 
 
+def _open_store(config: Path | None, url: str | None, *, bad_url: int) -> tuple[Any, str]:
+    """The store named by ``--config FILE`` or ``--url URL`` (exactly one), opened without migrating."""
+    from bridge.outbox import StoreError, open_store
+    from bridge.settings import check_settings_file
+
+    if (config is None) == (url is None):
+        _fail("give exactly one of --config FILE or --url URL", EXIT_USAGE)
+    if config is not None:
+        settings, outcome = check_settings_file(config)
+        if settings is None:
+            _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
+        url = settings.store.url
+    assert url is not None
+    try:
+        return open_store(url, migrate=False), url
+    except ValueError as exc:
+        _fail(f"invalid store URL: {exc}", bad_url)
+    except StoreError as exc:
+        _fail(f"cannot open the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+
+
 db_app = typer.Typer(help="Work with the outbox database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
@@ -520,23 +541,9 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Apply pending schema migrations to the outbox database; safe to run from several nodes at once."""
-    from bridge.outbox import StoreError, open_store
-    from bridge.settings import check_settings_file
+    from bridge.outbox import StoreError
 
-    if (config is None) == (url is None):
-        _fail("give exactly one of --config FILE or --url URL", EXIT_USAGE)
-    if config is not None:
-        settings, outcome = check_settings_file(config)
-        if settings is None:
-            _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
-        url = settings.store.url
-    assert url is not None
-    try:
-        store = open_store(url, migrate=False)
-    except ValueError as exc:
-        _fail(f"invalid store URL: {exc}", EXIT_INVALID)
-    except StoreError as exc:
-        _fail(f"cannot open the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+    store, url = _open_store(config, url, bad_url=EXIT_INVALID)
     try:
         applied = store.migrate()
     except StoreError as exc:
@@ -565,10 +572,9 @@ def audit_verify(
 ) -> None:
     """Walk the audit trail's hash chain; exit 1 naming the first changed or missing record."""
     from bridge.audit import verify_trail
-    from bridge.outbox import StoreError, open_store
-    from bridge.settings import check_settings_file
+    from bridge.outbox import StoreError
 
-    if (config is None) == (url is None):
+    if (config is None) == (url is None):  # before the anchor is checked, as for every store command
         _fail("give exactly one of --config FILE or --url URL", EXIT_USAGE)
     pinned: tuple[int, str] | None = None
     if anchor is not None:
@@ -576,18 +582,7 @@ def audit_verify(
         if not seq.isdigit() or len(digest) != 64:
             _fail("--anchor must be SEQ:HASH (a record number and its 64-digit hash)", EXIT_USAGE)
         pinned = (int(seq), digest.lower())
-    if config is not None:
-        settings, outcome = check_settings_file(config)
-        if settings is None:
-            _fail(f"invalid configuration: {outcome.summary()}", EXIT_INVALID, outcome)
-        url = settings.store.url
-    assert url is not None
-    try:
-        store = open_store(url, migrate=False)
-    except ValueError as exc:
-        _fail(f"invalid store URL: {exc}", EXIT_USAGE)
-    except StoreError as exc:
-        _fail(f"cannot open the store at {_redacted(url)}: {exc}", EXIT_USAGE)
+    store, url = _open_store(config, url, bad_url=EXIT_USAGE)
     try:
         report = verify_trail(store, anchor=pinned)
     except StoreError as exc:
