@@ -147,7 +147,7 @@ def test_citizen_keys() -> None:
     ("url", "path"),
     [
         ("sqlite:///var/bridge.db", Path("var/bridge.db")),
-        ("sqlite:////srv/bridge/outbox.db", Path("/srv/bridge/outbox.db")),
+        ("sqlite:////var/lib/bridge/outbox.db", Path("/var/lib/bridge/outbox.db")),
         ("sqlite:///my%20dir/x.db", Path("my dir/x.db")),
     ],
 )
