@@ -495,6 +495,15 @@ def mappings_reload(
     _fail(f"the bridge answered HTTP {answer.status_code}", EXIT_USAGE)
 
 
+#: The two ways the store commands name the store (exactly one is given).
+StoreConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="The configuration file (YAML); uses store.url")
+]
+StoreUrlOpt = Annotated[
+    str | None, typer.Option("--url", help="The store URL (sqlite:///... or postgresql://...)")
+]
+
+
 def _open_store(config: Path | None, url: str | None, *, bad_url: int) -> tuple[Any, str]:
     """The store named by ``--config FILE`` or ``--url URL`` (exactly one), opened without migrating."""
     from bridge.outbox import StoreError, open_store
@@ -533,12 +542,8 @@ def _redacted(url: str) -> str:
 
 @db_app.command("upgrade")
 def db_upgrade(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="The configuration file (YAML); uses store.url")
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="The store URL (sqlite:///... or postgresql://...)")
-    ] = None,
+    config: StoreConfigOpt = None,
+    url: StoreUrlOpt = None,
 ) -> None:
     """Apply pending schema migrations to the outbox database; safe to run from several nodes at once."""
     from bridge.outbox import StoreError
@@ -559,12 +564,8 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="The configuration file (YAML); uses store.url")
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="The store URL (sqlite:///... or postgresql://...)")
-    ] = None,
+    config: StoreConfigOpt = None,
+    url: StoreUrlOpt = None,
     anchor: Annotated[
         str | None,
         typer.Option("--anchor", help="SEQ:HASH printed by an earlier run; catches a trail cut back"),
