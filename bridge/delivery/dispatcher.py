@@ -82,6 +82,9 @@ log = logging.getLogger("bridge.delivery")
 NO_RECEIPT = "no receipt"
 #: Upper bound on delivery threads; deliveries wait on sockets, not on the CPU.
 MAX_THREADS = 64
+#: Threads that handle receipts after a batch of deliveries is stored (record, forward, produce one on a
+#: receiver's behalf). Their store writes run side by side, so the store commits them together.
+RECEIPT_THREADS = 8
 #: Claimed deliveries a destination may hold per unit of its concurrency limit (posting + waiting).
 CLAIM_AHEAD = 2
 #: How long a delivery waiting for its destination's slot sleeps between looks at a shutdown.
@@ -140,6 +143,7 @@ class Dispatcher:
             MAX_THREADS, sum(CLAIM_AHEAD * s.concurrency for s in settings.systems)
         )
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"deliver-{worker_id}")
+        self._settle_pool = ThreadPoolExecutor(RECEIPT_THREADS, thread_name_prefix=f"receipts-{worker_id}")
         self._slots = {s.id: threading.BoundedSemaphore(s.concurrency) for s in settings.systems}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a job finished
@@ -221,6 +225,7 @@ class Dispatcher:
             log.info("delivery %s still in flight at shutdown; lease released", job.claimed.id)
             self._release(job.claimed)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._settle_pool.shutdown(wait=False, cancel_futures=True)
         # Closing the clients makes an abandoned post fail fast instead of holding its thread.
         self._transport.close()
 
@@ -488,6 +493,7 @@ class Dispatcher:
                 logging.shutdown()
                 os._exit(137)
         now = self._clock.now()
+        settling: set[str] = set()
         try:
             try:
                 lost = set(
@@ -512,13 +518,24 @@ class Dispatcher:
                     item.attempt.detail,
                     claimed.attempt,
                 )
-                try:
-                    self._after_delivered(claimed, item.system, item.post)
-                except Exception as exc:  # the delivery stands; only the receipt work failed
-                    log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
+                # The receipt work leaves this thread, which goes on storing the next batch; the job
+                # is finished (its capacity given back) once its receipt is handled.
+                self._settle_pool.submit(self._settle, item)
+                settling.add(claimed.id)
         finally:
             for item in batch:
-                self._finish(item.job)
+                if item.job.claimed.id not in settling:
+                    self._finish(item.job)
+
+    def _settle(self, item: _Completed) -> None:
+        """After a delivered delivery is stored: its receipt (forward the receiver's, or make one)."""
+        claimed = item.job.claimed
+        try:
+            self._after_delivered(claimed, item.system, item.post)
+        except Exception as exc:  # the delivery stands; only the receipt work failed
+            log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
+        finally:
+            self._finish(item.job)
 
     def _audit_delivered(self, batch: list[_Completed], now: datetime) -> None:
         """One audit record per delivered delivery, the batch in one transaction (one commit)."""
