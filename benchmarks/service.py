@@ -19,14 +19,15 @@ bridge's own builder, ~5 KB, a fresh Bundle.id and MessageHeader.id per request)
 - ``queued_rss``: ``--queued`` messages accepted for a receiver that is down, by the full service; the
   bridge's RSS sampled as the queue grows (it should stay flat). ``--queued 0`` skips it.
 
-The load generator runs as a separate process (``--loadgen``) with httpx, a bounded number of
-concurrent requests and a bounded duration. Both run on the same 2 cores as the bridge, so the figures
-are lower bounds of what the bridge does with a machine to itself.
+The load generator runs as a separate process (``--loadgen``): a minimal HTTP/1.1 client on asyncio
+streams with a bounded number of keep-alive connections and a bounded duration. Both run on the same
+2 cores as the bridge, so the figures are lower bounds of what the bridge does with a machine to itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -36,11 +37,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -119,7 +120,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def bridge_config(directory: Path, port: int, receiver_port: int, hospital_port: int | None = None) -> Path:
+def bridge_config(
+    directory: Path, port: int, receiver_port: int, hospital_port: int | None = None, processes: int = 1
+) -> Path:
     def system(sid: str, kind: str, orgs: list[dict[str, str]], endpoint: str, token: str | None) -> Any:
         tokens = [{"name": "main", "sha256": hash_token(token)}] if token else []
         return {
@@ -135,7 +138,7 @@ def bridge_config(directory: Path, port: int, receiver_port: int, hospital_port:
 
     config = {
         "version": 1,
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, "processes": processes},
         "store": {"url": "sqlite:///bridge.db", "citizen_key_secret": "${BRIDGE_CITIZEN_KEY_SECRET}"},
         "retry": {"initial_delay": "30s", "max_delay": "10m", "max_attempts": 15, "max_age": "24h"},
         "dispatcher": {"lease": "2m", "poll_interval": "50ms", "batch_size": 64, "shutdown_grace": "10s"},
@@ -177,53 +180,95 @@ def start_bridge(directory: Path, config: Path, port: int, role: str) -> subproc
 
 
 # ------------------------------------------------------------------------------------------- load gen
-def _load(
+async def _load_async(
     url: str, bodies: list[bytes], concurrency: int, duration: float, rate: float, limit: int
 ) -> dict[str, Any]:
-    # Threads with one blocking httpx.Client each: on this machine httpx's async pool is slower than
-    # the server under test, blocking clients in threads are not.
+    """``concurrency`` keep-alive connections posting ``bodies`` in turn, over raw asyncio streams.
+
+    A minimal HTTP/1.1 client (request bytes built once per body, status line and Content-Length read
+    back) so the generator costs little of the 2 cores it shares with the server under test; httpx costs
+    several times the server's own HTTP work per request. With ``rate`` requests are scheduled at fixed
+    times and latency counts from the scheduled time, so a late start counts against the server (no
+    coordinated omission).
+    """
+    parsed = urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/fhir+json\r\n"
+        f"Authorization: Bearer {HOSPITAL_TOKEN}\r\nAccept: application/fhir+json\r\n"
+    ).encode()
+    requests = [head + b"Content-Length: %d\r\n\r\n" % len(b) + b for b in bodies]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
     sent = 0
-    lock = threading.Lock()
     started = time.perf_counter()
     end = started + duration
-    headers = {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {HOSPITAL_TOKEN}"}
 
-    def worker() -> None:
-        nonlocal sent, errors
-        with httpx.Client(timeout=30, headers=headers) as client:
+    async def exchange(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    ) -> tuple[int, bool]:
+        writer.write(request)
+        header = await reader.readuntil(b"\r\n\r\n")
+        lines = header.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, chunked, close = 0, False, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+        if chunked:
             while True:
-                with lock:
-                    i = sent
-                    sent += 1
-                if i >= limit:
-                    return
-                scheduled = started + i / rate if rate else time.perf_counter()
-                if scheduled >= end:
-                    return
-                if rate:
-                    delay = scheduled - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                try:
-                    response = client.post(url, content=bodies[i % len(bodies)])
-                except httpx.HTTPError:
-                    with lock:
-                        errors += 1
-                    continue
-                # From the scheduled time: a late start counts against the server (no coordinated omission).
-                latency = time.perf_counter() - scheduled
-                with lock:
-                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-                    latencies.append(latency)
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length:
+            await reader.readexactly(length)
+        return status, close
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    async def connection() -> None:
+        nonlocal sent, errors
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while True:
+            i = sent
+            sent += 1
+            if i >= limit:
+                break
+            scheduled = started + i / rate if rate else time.perf_counter()
+            if scheduled >= end:
+                break
+            if rate:
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                if streams is None:
+                    streams = await asyncio.open_connection(host, port)
+                status, close = await asyncio.wait_for(
+                    exchange(*streams, requests[i % len(requests)]), timeout=30
+                )
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                errors += 1
+                if streams is not None:
+                    streams[1].close()
+                streams = None
+                continue
+            latencies.append(time.perf_counter() - scheduled)
+            statuses[status] = statuses.get(status, 0) + 1
+            if close:
+                streams[1].close()
+                streams = None
+        if streams is not None:
+            streams[1].close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     latencies.sort()
 
@@ -244,6 +289,12 @@ def _load(
         "ok_per_second": round(ok / elapsed, 1),
         "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
     }
+
+
+def _load(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, rate: float, limit: int
+) -> dict[str, Any]:
+    return asyncio.run(_load_async(url, bodies, concurrency, duration, rate, limit))
 
 
 def loadgen_main(args: argparse.Namespace) -> None:
@@ -383,7 +434,7 @@ def received_count(port: int) -> int:
 
 def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     port, receiver_port, hospital_port = free_port(), free_port(), free_port()
-    config = bridge_config(directory, port, receiver_port, hospital_port)
+    config = bridge_config(directory, port, receiver_port, hospital_port, args.processes)
     url = f"http://127.0.0.1:{port}/fhir/$process-message"
     api = start_bridge(directory, config, port, "api")
     try:
@@ -435,7 +486,8 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
 
 def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    config = bridge_config(directory, port, free_port())  # nothing listens there: the receiver is down
+    # Nothing listens at the receiver's port: it is down.
+    config = bridge_config(directory, port, free_port(), processes=args.processes)
     proc = start_bridge(directory, config, port, "all")
     url = f"http://127.0.0.1:{port}/fhir/$process-message"
     samples = [{"queued": 0, "rss_kib": rss_kib(proc.pid)}]
@@ -466,6 +518,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--messages", type=int, default=20000, help="at most this many in the peak phase")
     parser.add_argument("--queued", type=int, default=100_000, help="messages queued for a down receiver")
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="listen.processes of the bridge"
+    )
     parser.add_argument("--only", choices=("floors", "service", "queued"), help="run one part")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -482,7 +537,11 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "message_bytes": len(pool[0]),
-        "settings": {"duration_s": args.duration, "concurrency": args.concurrency},
+        "settings": {
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "api_processes": args.processes,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
