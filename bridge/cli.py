@@ -12,13 +12,17 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
 
 from bridge.errors import BridgeError, InvalidInput, MappingSpecError
 from bridge.fhir.outcome import Outcome
+
+if TYPE_CHECKING:
+    from bridge.app import Role as AppRole
+    from bridge.settings import Settings
 
 app = typer.Typer(
     name="fhir-bridge",
@@ -358,13 +362,7 @@ def serve(
     """
     import signal
 
-    import uvicorn
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    from bridge.api.protocol import with_header_deadline
-    from bridge.app import create_app
-    from bridge.clock import SystemClock
-    from bridge.observability.logging import configure_logging, uvicorn_log_config
+    from bridge.observability.logging import configure_logging
     from bridge.outbox import open_store
     from bridge.settings import check_settings_file
 
@@ -385,19 +383,66 @@ def serve(
     logging.getLogger("bridge.mappings").info(
         "mappings in force: %s", ", ".join(s.version for s in loaded.values())
     )
-    store = open_store(settings.store.url)
+    listen_host = host or settings.listen.host
+    listen_port = port if port is not None else settings.listen.port
+    processes = settings.listen.processes if role is not Role.worker else 1
+    if processes == 1:
+        _serve_process(settings, role.value, log_level, tls, host=listen_host, port=listen_port)
+        return
+    import uvicorn
+
+    from bridge.supervisor import Supervisor
+
+    open_store(settings.store.url).close()  # migrate once, before the children open their own connections
+    sock = uvicorn.Config("bridge.app:create_app", host=listen_host, port=listen_port).bind_socket()
+
+    def child(index: int, bound: object) -> None:
+        child_role: AppRole = role.value if index == 0 else "api"
+        _serve_process(settings, child_role, log_level, tls, sockets=[bound], migrate=False)
+
+    status = Supervisor(processes, sock, child).run()
+    sock.close()
+    if status:
+        raise typer.Exit(status)
+
+
+def _serve_process(
+    settings: Settings,
+    role: AppRole,
+    log_level: str,
+    tls: dict[str, Any],
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sockets: list[Any] | None = None,
+    migrate: bool = True,
+) -> None:
+    """One process of the service: open the store, build the app for ``role``, serve until stopped."""
+    import signal
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from bridge.api.protocol import with_header_deadline
+    from bridge.app import create_app
+    from bridge.clock import SystemClock
+    from bridge.observability.logging import uvicorn_log_config
+    from bridge.outbox import open_store
+
+    store = open_store(settings.store.url, migrate=migrate)
     # uvicorn handles SIGTERM/SIGINT (graceful stop), then raises the signal again against the handlers
     # found before it started; these note it instead, so a requested stop ends with exit code 0.
     stops: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: stops.append(received))
     try:
-        web = create_app(settings, store, SystemClock(), role=role.value)
+        web = create_app(settings, store, SystemClock(), role=role)
+        listen: dict[str, Any] = {} if sockets is not None else {"host": host, "port": port}
         server = uvicorn.Server(
             uvicorn.Config(
                 web,
-                host=host or settings.listen.host,
-                port=port if port is not None else settings.listen.port,
+                **listen,
+                loop="auto",  # uvloop where it is installed
                 log_level=log_level,
                 log_config=uvicorn_log_config(),  # keep the handler configure_logging installed
                 access_log=False,  # request lines carry no PHI, but the audit trail is the record
@@ -405,13 +450,14 @@ def serve(
                 server_header=False,
                 **{
                     **tls,
+                    # TLS keeps its h11 protocol (it fills in the client certificate); plain HTTP: httptools.
                     "http": with_header_deadline(
-                        tls.get("http", H11Protocol), settings.limits.header_timeout.total_seconds()
+                        tls.get("http", HttpToolsProtocol), settings.limits.header_timeout.total_seconds()
                     ),
                 },
             )
         )
-        server.run()  # handles SIGTERM and SIGINT: stop accepting, finish requests, run the lifespan exit
+        server.run(sockets=sockets)  # handles SIGTERM and SIGINT: stop accepting, finish, lifespan exit
     finally:
         store.close()
 

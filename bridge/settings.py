@@ -114,6 +114,9 @@ class Listen(_Model):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    #: API processes sharing the listening socket (``bridge.supervisor``): validation is CPU-bound, so
+    #: one process per core lets the bridge accept on every core. The dispatcher runs in the first.
+    processes: int = Field(default=1, ge=1, le=64)
 
 
 class StoreConfig(_Model):

@@ -1,9 +1,14 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for request headers.
+"""uvicorn's HTTP/1.1 protocols with a deadline for request headers.
 
-uvicorn (h11) waits for ever for a request's headers, so a client that opens connections and trickles
-header bytes (a slowloris) would hold them. This protocol closes a connection whose first request's
+uvicorn waits for ever for a request's headers, so a client that opens connections and trickles header
+bytes (a slowloris) would hold them. ``HeaderDeadline`` closes a connection whose first request's
 headers have not all arrived ``header_timeout`` seconds after it opened; the body has its own deadline
 (``limits.body_timeout``, in ``read_body``), and idle keep-alive connections uvicorn's own.
+
+Plain HTTP is parsed by httptools (llhttp, in C) on uvloop: per request it costs a fraction of the
+pure-Python h11 parser, which matters when the bridge answers a thousand senders' posts a second. The
+TLS protocol stays on h11 (``bridge.security.mtls``). Both parsers set ``cycle`` once a request's
+headers are complete, which is what the deadline watches.
 """
 
 from __future__ import annotations
@@ -12,21 +17,25 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class HeaderDeadlineH11Protocol(H11Protocol):
-    """Closes a connection that has not sent its request headers within ``header_timeout`` seconds."""
+class HeaderDeadline:
+    """Mixin for a uvicorn HTTP protocol: closes a connection whose request headers are late."""
 
     header_timeout: float = 10.0
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.header_timeout, self._headers_too_slow
         )
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         if self._header_timer is not None and self.cycle is not None:  # the request line and headers are in
             self._header_timer.cancel()
             self._header_timer = None
@@ -35,7 +44,7 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
@@ -43,7 +52,16 @@ class HeaderDeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_deadline(base: type[H11Protocol], seconds: float) -> type[Any]:
-    """A protocol class: ``base`` (uvicorn's, or the TLS one) with the header deadline of ``seconds``."""
-    bases = (base,) if issubclass(base, HeaderDeadlineH11Protocol) else (HeaderDeadlineH11Protocol, base)
-    return type("BridgeH11Protocol", bases, {"header_timeout": seconds})
+class HeaderDeadlineH11Protocol(HeaderDeadline, H11Protocol):
+    """h11 with the header deadline."""
+
+
+class HeaderDeadlineHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
+    """httptools with the header deadline."""
+
+
+def with_header_deadline(base: type[Any], seconds: float) -> type[Any]:
+    """A protocol class: ``base`` (uvicorn's h11 or httptools one, or the TLS one) with the header
+    deadline of ``seconds``."""
+    bases = (base,) if issubclass(base, HeaderDeadline) else (HeaderDeadline, base)
+    return type(f"Bridge{base.__name__}", bases, {"header_timeout": seconds})

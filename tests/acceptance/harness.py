@@ -106,9 +106,13 @@ class Proc:
         return self.popen.returncode
 
     def kill9(self) -> None:
-        """SIGKILL, no goodbye: the crash the durability tests need."""
+        """SIGKILL to the process and everything it started (its session), no goodbye: the crash the
+        durability tests need."""
         if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # start_new_session: its group id is its pid
+            except ProcessLookupError:
+                pass
             self.popen.wait(10)
         if self in _live:
             _live.remove(self)
@@ -204,6 +208,7 @@ def bridge_config(
     timeout: str = "1s",
     retry: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """A bridge configuration for loopback tests: short timeouts and retry delays, SQLite in the cwd."""
     systems = [
@@ -214,7 +219,7 @@ def bridge_config(
         systems.append(_system(REHAB, rehab_port, "municipal-v1", REHAB_TOKEN, timeout))
     config: dict[str, Any] = {
         "version": 1,
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, "processes": processes},
         "store": {"url": "sqlite:///bridge.db", "citizen_key_secret": "${BRIDGE_CITIZEN_KEY_SECRET}"},
         "retry": retry
         or {

@@ -1,0 +1,140 @@
+"""Several API processes on one listening socket (``listen.processes``).
+
+Validation and translation are CPU-bound Python: one process uses one core, whatever its threads do. With
+``listen.processes: N`` the ``serve`` command binds the listening socket once, then forks N children that
+each run the whole service on that socket (the kernel hands each new connection to one of them). Child 0
+runs the configured role (with ``all``: the API and the dispatcher); the others run the API alone, so
+there is one dispatcher per ``serve`` and every system's concurrency limit holds as configured. Each
+child opens its own store connections after the fork; SQLite in WAL mode takes writers from several
+processes in turn, and each process batches its own commits (``bridge.committer``).
+
+The parent holds no store, threads nor event loop: it forwards SIGTERM/SIGINT (graceful stop) and
+SIGHUP (reload the mapping sets) to the children and waits. A child that dies while the service is
+running is started again after a second, so one crash does not halve the service for good; one that
+dies within ``QUICK_DEATH`` seconds of its start ``GIVE_UP_AFTER`` times in a row (it cannot start: the
+store is unreachable, say) stops the whole service with its exit status. After a requested stop the
+parent exits with 0, or with the status of a child that did not stop cleanly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("bridge.supervisor")
+
+#: A child's work: given its index (0 runs the configured role), serve on the socket until stopped.
+ChildMain = Callable[[int, socket.socket], None]
+
+RESTART_DELAY = 1.0
+PR_SET_PDEATHSIG = 1
+QUICK_DEATH = 5.0
+GIVE_UP_AFTER = 3
+
+
+@dataclass
+class Supervisor:
+    """Forks ``processes`` children running ``child_main`` on ``sock`` and keeps them running."""
+
+    processes: int
+    sock: socket.socket
+    child_main: ChildMain
+    children: dict[int, int] = field(default_factory=dict)  # pid -> index
+    started: dict[int, float] = field(default_factory=dict)  # index -> monotonic start time
+    quick_deaths: dict[int, int] = field(default_factory=dict)  # index -> deaths in a row soon after start
+    stopping: bool = False
+    status: int = 0
+
+    def run(self) -> int:
+        """Start the children, wait until they have all stopped; the exit status for the parent."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._forward)
+        for index in range(self.processes):
+            self._spawn(index)
+        while self.children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait itself
+                continue
+            if pid not in self.children:
+                continue
+            index = self.children.pop(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self.stopping:
+                if code not in (0, -signal.SIGTERM, -signal.SIGINT) and self.status == 0:
+                    self.status = code if code > 0 else 1
+                continue
+            quick = time.monotonic() - self.started.get(index, 0.0) < QUICK_DEATH
+            self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+            if self.quick_deaths[index] >= GIVE_UP_AFTER:
+                log.critical("API process %d keeps failing (exit %d); stopping the service", index, code)
+                self.status = code if code > 0 else 1
+                self._stop(signal.SIGTERM, None)
+                continue
+            log.error("API process %d (pid %d) exited with %d; starting it again", index, pid, code)
+            time.sleep(RESTART_DELAY)
+            if not self.stopping:
+                self._spawn(index)
+        return self.status
+
+    def _spawn(self, index: int) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: default signal handling until its server installs its own
+            code = 0
+            try:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, signal.SIG_DFL)
+                _stop_with_parent(parent)
+                self.child_main(index, self.sock)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # a child must never return into the parent's code
+                log.exception("API process %d failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[index] = time.monotonic()
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            _signal(pid, signal.SIGTERM)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        for pid in list(self.children):
+            _signal(pid, signum)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this process when its parent dies (a SIGKILLed supervisor leaves no API process
+    behind holding the socket and the store)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: the child outlives a killed parent
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
