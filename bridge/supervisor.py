@@ -9,7 +9,9 @@ child opens its own store connections after the fork; SQLite in WAL mode takes w
 processes in turn, and each process batches its own commits (``bridge.committer``).
 
 The parent holds no store, threads nor event loop: it forwards SIGTERM/SIGINT (graceful stop) and
-SIGHUP (reload the mapping sets) to the children and waits. A child that dies while the service is
+SIGHUP (reload the mapping sets) to the children and waits. ``POST /admin/mappings/reload`` reloads in
+the process that answers it and, when that succeeds, sends the supervisor SIGHUP so that the other
+processes reload too. A child that dies while the service is
 running is started again after a second, so one crash does not halve the service for good; one that
 dies within ``QUICK_DEATH`` seconds of its start ``GIVE_UP_AFTER`` times in a row (it cannot start: the
 store is unreachable, say) stops the whole service with its exit status. After a requested stop the
@@ -27,12 +29,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("bridge.supervisor")
 
 #: A child's work: given its index (0 runs the configured role), serve on the socket until stopped.
 ChildMain = Callable[[int, socket.socket], None]
 
+#: Set in each API process: the supervisor's pid (``reload_everywhere`` signals it).
+SUPERVISOR_ENV = "BRIDGE_SUPERVISOR_PID"
 RESTART_DELAY = 1.0
 PR_SET_PDEATHSIG = 1
 QUICK_DEATH = 5.0
@@ -51,12 +56,14 @@ class Supervisor:
     quick_deaths: dict[int, int] = field(default_factory=dict)  # index -> deaths in a row soon after start
     stopping: bool = False
     status: int = 0
+    _child_sighup: Any = signal.SIG_DFL
 
     def run(self) -> int:
         """Start the children, wait until they have all stopped; the exit status for the parent."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         if hasattr(signal, "SIGHUP"):
+            self._child_sighup = signal.getsignal(signal.SIGHUP)  # the children's: reload the mappings
             signal.signal(signal.SIGHUP, self._forward)
         for index in range(self.processes):
             self._spawn(index)
@@ -96,7 +103,10 @@ class Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
+                if hasattr(signal, "SIGHUP"):
+                    signal.signal(signal.SIGHUP, self._child_sighup)
                 _stop_with_parent(parent)
+                os.environ[SUPERVISOR_ENV] = str(parent)
                 self.child_main(index, self.sock)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
@@ -117,6 +127,16 @@ class Supervisor:
     def _forward(self, signum: int, _frame: object) -> None:
         for pid in list(self.children):
             _signal(pid, signum)
+
+
+def reload_everywhere() -> bool:
+    """Ask every API process of this service to reload its mapping sets (SIGHUP to the supervisor,
+    which forwards it); False when this process runs alone."""
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid or not pid.isdigit() or int(pid) != os.getppid():
+        return False
+    _signal(int(pid), signal.SIGHUP)
+    return True
 
 
 def _stop_with_parent(parent: int) -> None:

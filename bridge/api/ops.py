@@ -374,6 +374,9 @@ async def post_mappings_reload(request: Request, caller: OperatorCaller) -> Resp
         ),
     )
     if report.swapped:
+        from bridge.supervisor import reload_everywhere
+
+        reload_everywhere()  # the other API processes of this service, if any, load the same files
         return _json(report.to_json())
     issues = [Issue("error", "invariant", problem) for problem in report.problems]
     in_force = ", ".join(report.versions.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import HOSPITAL_TOKEN, header_id, post_fhir, wait_until
+from harness import HOSPITAL_TOKEN, OPERATOR_TOKEN, header_id, post_fhir, wait_until
 
 from bridge.simulators import traffic
 
@@ -85,6 +85,16 @@ def test_two_api_processes_accept_deliver_survive_a_crash_and_stop_together(star
     more = [traffic.notification(traffic.admission(3000 + i)) for i in range(10)]
     with bridge.client() as client:
         assert [post_fhir(client, m).status_code for m in more] == [200] * len(more)
+
+    # A mapping reload through the admin API reaches every API process, not only the one that answered.
+    with bridge.client(OPERATOR_TOKEN) as ops:
+        assert ops.post("/admin/mappings/reload").status_code == 200
+    wait_until(
+        lambda: bridge.log_path.read_text(errors="replace").count("mappings reloaded") >= 2,
+        30,
+        "both API processes to reload their mappings",
+        bridge,
+    )
 
     # SIGTERM to the serve process stops every API process gracefully, with exit code 0.
     running = children(parent)
