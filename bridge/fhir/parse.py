@@ -66,20 +66,22 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 # --------------------------------------------------------------------------------------------- JSON
 def _json_depth_exceeds(value: Any, max_depth: int) -> bool:
-    """True when objects/arrays nest deeper than ``max_depth`` (iterative: no recursion limit)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+    """True when objects/arrays nest deeper than ``max_depth``.
+
+    Recursive, but never deeper than ``max_depth`` frames: it stops at the first container below the
+    limit. (orjson itself refuses nesting past 1024 before this runs.)
+    """
+    if not isinstance(value, dict | list):
+        return False
+    return max_depth < 1 or not _depth_within(value, max_depth - 1)
+
+
+def _depth_within(node: dict[str, Any] | list[Any], room: int) -> bool:
+    """True when the containers inside ``node`` nest at most ``room`` levels deeper."""
+    for child in node.values() if isinstance(node, dict) else node:
+        if isinstance(child, dict | list) and (room == 0 or not _depth_within(child, room - 1)):
+            return False
+    return True
 
 
 def parse_json(
