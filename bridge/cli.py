@@ -389,19 +389,20 @@ def serve(
     if processes == 1:
         _serve_process(settings, role.value, log_level, tls, host=listen_host, port=listen_port)
         return
-    import uvicorn
-
-    from bridge.supervisor import Supervisor
+    from bridge.supervisor import Supervisor, listening_socket
 
     open_store(settings.store.url).close()  # migrate once, before the children open their own connections
-    sock = uvicorn.Config("bridge.app:create_app", host=listen_host, port=listen_port).bind_socket()
+    try:
+        listening_socket(listen_host, listen_port, listen=False).close()  # can we listen there at all?
+    except OSError as exc:
+        _fail(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}", EXIT_USAGE)
 
-    def child(index: int, bound: object) -> None:
+    def child(index: int) -> None:
         child_role: AppRole = role.value if index == 0 else "api"
-        _serve_process(settings, child_role, log_level, tls, sockets=[bound], migrate=False)
+        sock = listening_socket(listen_host, listen_port)
+        _serve_process(settings, child_role, log_level, tls, sockets=[sock], migrate=False)
 
-    status = Supervisor(processes, sock, child).run()
-    sock.close()
+    status = Supervisor(processes, child).run()
     if status:
         raise typer.Exit(status)
 

@@ -1,8 +1,11 @@
 """Several API processes on one listening socket (``listen.processes``).
 
 Validation and translation are CPU-bound Python: one process uses one core, whatever its threads do. With
-``listen.processes: N`` the ``serve`` command binds the listening socket once, then forks N children that
-each run the whole service on that socket (the kernel hands each new connection to one of them). Child 0
+``listen.processes: N`` the ``serve`` command forks N children that each run the whole service on their
+own listening socket, all bound to the same address with ``SO_REUSEPORT``: the kernel spreads new
+connections over them by their address hash. (One socket shared by all would not spread them: the
+first process to wake takes every waiting connection, and keep-alive connections stay where they
+landed.) Child 0
 runs the configured role (with ``all``: the API and the dispatcher); the others run the API alone, so
 there is one dispatcher per ``serve`` and every system's concurrency limit holds as configured. Each
 child opens its own store connections after the fork; SQLite in WAL mode takes writers from several
@@ -33,8 +36,8 @@ from typing import Any
 
 log = logging.getLogger("bridge.supervisor")
 
-#: A child's work: given its index (0 runs the configured role), serve on the socket until stopped.
-ChildMain = Callable[[int, socket.socket], None]
+#: A child's work: given its index (0 runs the configured role), serve until stopped.
+ChildMain = Callable[[int], None]
 
 #: Set in each API process: the supervisor's pid (``reload_everywhere`` signals it).
 SUPERVISOR_ENV = "BRIDGE_SUPERVISOR_PID"
@@ -46,10 +49,9 @@ GIVE_UP_AFTER = 3
 
 @dataclass
 class Supervisor:
-    """Forks ``processes`` children running ``child_main`` on ``sock`` and keeps them running."""
+    """Forks ``processes`` children running ``child_main`` and keeps them running."""
 
     processes: int
-    sock: socket.socket
     child_main: ChildMain
     children: dict[int, int] = field(default_factory=dict)  # pid -> index
     started: dict[int, float] = field(default_factory=dict)  # index -> monotonic start time
@@ -107,7 +109,7 @@ class Supervisor:
                     signal.signal(signal.SIGHUP, self._child_sighup)
                 _stop_with_parent(parent)
                 os.environ[SUPERVISOR_ENV] = str(parent)
-                self.child_main(index, self.sock)
+                self.child_main(index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:  # a child must never return into the parent's code
@@ -127,6 +129,24 @@ class Supervisor:
     def _forward(self, signum: int, _frame: object) -> None:
         for pid in list(self.children):
             _signal(pid, signum)
+
+
+def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, listening unless ``listen`` is False."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def reload_everywhere() -> bool:
