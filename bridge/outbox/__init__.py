@@ -9,6 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from bridge.outbox.port import (
+    AcceptRequest,
     AcceptResult,
     Admission,
     AttemptRecord,
@@ -35,6 +36,7 @@ from bridge.outbox.port import (
 )
 
 __all__ = [
+    "AcceptRequest",
     "AcceptResult",
     "Admission",
     "AttemptRecord",

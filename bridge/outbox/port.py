@@ -2,6 +2,7 @@
 
 The store is where "durable before acknowledged" happens. One call, ``accept``, commits a message,
 one delivery per destination and its audit record together; only then does the sender get a 2xx.
+``accept_many`` commits several such requests in one transaction (one fsync for the batch).
 Workers ``claim_due`` deliveries under a lease, and report back with ``complete``, ``schedule_retry``,
 ``dead_letter`` or ``release``. Every method takes ``now`` (or a timestamp inside its argument) from
 the caller's ``Clock``; no adapter reads the system clock, so lease expiry and retry timing are testable.
@@ -154,6 +155,16 @@ class AcceptResult:
     def accepted(self) -> bool:
         """True when this call stored the message; False for a duplicate."""
         return self.duplicate is None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRequest:
+    """One message for ``accept_many``: what ``accept`` takes, as one value."""
+
+    message: NewMessage
+    deliveries: Sequence[NewDelivery]
+    audit: AuditRecord
+    admission: Admission | None = None  # stored like ``set_admission``, in the same transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,9 +367,29 @@ class OutboxStore(Protocol):
         ...
 
     def accept(
-        self, message: NewMessage, deliveries: Sequence[NewDelivery], audit: AuditRecord
+        self,
+        message: NewMessage,
+        deliveries: Sequence[NewDelivery],
+        audit: AuditRecord,
+        admission: Admission | None = None,
     ) -> AcceptResult:
-        """Store message, deliveries and audit record in ONE transaction, or report the earlier duplicate."""
+        """Store message, deliveries and audit record in ONE transaction, or report the earlier duplicate.
+
+        ``admission`` is recorded as ``set_admission`` would, in the same transaction, unless the message
+        is a duplicate. ``accept_many`` with one request; its ``StoreError`` is raised.
+        """
+        ...
+
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
+        """``accept`` for several messages in ONE transaction (one commit), in order; one result per request.
+
+        Each request is handled as ``accept`` would, duplicates included: a later request with the ids of
+        an earlier one in the batch is its duplicate. A request that fails on its own (an integrity error)
+        is rolled back alone and reported as the ``StoreError`` in its slot; the others commit. Audit
+        records are chained in request order. When the transaction as a whole fails (database
+        unavailable, locked), nothing is stored and the error is raised, as ``accept`` raises it.
+        Raises ``ValueError`` before storing anything when a request has two deliveries to one destination.
+        """
         ...
 
     def find_by_ids(self, bundle_id: str, header_id: str) -> Duplicate | None:
@@ -494,6 +525,22 @@ class OutboxStore(Protocol):
     def destination_queues(self) -> list[DestinationQueue]:
         """The backlog of every destination that has open or dead deliveries, by destination id."""
         ...
+
+
+def check_accept_requests(requests: Sequence[AcceptRequest]) -> None:
+    """Raise ``ValueError`` when a request has two deliveries to one destination (a caller's mistake)."""
+    for request in requests:
+        destinations = [d.destination for d in request.deliveries]
+        if len(set(destinations)) != len(destinations):
+            raise ValueError("a message has at most one delivery per destination")
+
+
+def only_result(results: Sequence[AcceptResult | StoreError]) -> AcceptResult:
+    """The result of a one-request ``accept_many``, or its ``StoreError`` raised."""
+    (result,) = results
+    if isinstance(result, StoreError):
+        raise result
+    return result
 
 
 def classify_duplicate(

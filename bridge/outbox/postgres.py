@@ -51,6 +51,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.outbox.port import (
     AUDIT_GENESIS,
+    AcceptRequest,
     AcceptResult,
     Admission,
     AdmissionStatus,
@@ -83,7 +84,9 @@ from bridge.outbox.port import (
     StoreError,
     StoreUnavailable,
     audit_hash,
+    check_accept_requests,
     classify_duplicate,
+    only_result,
 )
 from bridge.outbox.sql import load_migrations, load_queries
 
@@ -164,6 +167,15 @@ def _attempt_params(delivery_id: str, worker_id: str, attempt: AttemptRecord) ->
         "outcome": attempt.outcome,
         "status_code": attempt.status_code,
         "detail": attempt.detail,
+    }
+
+
+def _admission_params(admission: Admission) -> dict[str, Any]:
+    return {
+        "citizen_key": admission.citizen_key,
+        "hospital": admission.hospital,
+        "status": admission.status,
+        "since": _aware(admission.since),
     }
 
 
@@ -345,63 +357,99 @@ class PostgresOutboxStore:
         found = cur.execute(_Q["delivery_ids_of_message"], {"message_id": existing.message.id}).fetchall()
         return AcceptResult(existing.message, tuple(r["id"] for r in found), existing.kind)
 
+    @staticmethod
+    def _lock_pairs(cur: Cursor, pairs: Collection[tuple[str | None, str]]) -> list[tuple[str, str]]:
+        """Take the advisory lock of each pair with a citizen key, in sorted order; the pairs locked."""
+        keyed = sorted({(f"{c}:{d}", c, d) for c, d in pairs if c is not None})
+        if keyed:
+            cur.execute(_Q["lock_pairs"], {"keys": [key for key, _, _ in keyed]})
+        return [(c, d) for _, c, d in keyed]
+
     def accept(
-        self, message: NewMessage, deliveries: Sequence[NewDelivery], audit: AuditRecord
+        self,
+        message: NewMessage,
+        deliveries: Sequence[NewDelivery],
+        audit: AuditRecord,
+        admission: Admission | None = None,
     ) -> AcceptResult:
         """Store message, deliveries and audit record in ONE transaction, or report the earlier duplicate."""
-        destinations = [d.destination for d in deliveries]
-        if len(set(destinations)) != len(destinations):
-            raise ValueError("a message has at most one delivery per destination")
-        received = _aware(message.received_at)
+        return only_result(self.accept_many([AcceptRequest(message, deliveries, audit, admission)]))
+
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
+        """``accept`` for several messages in ONE transaction, each behind its own savepoint.
+
+        Every pair lock of the batch is taken first, in sorted order, then the audit lock once: both
+        outside the savepoints, because rolling back to a savepoint releases the locks taken after it.
+        """
+        check_accept_requests(requests)
+        if not requests:
+            return []
+        pairs = {(r.message.citizen_key, d.destination) for r in requests for d in r.deliveries}
+        results: list[AcceptResult | StoreError] = []
         with self._tx() as cur:
+            self._lock_pairs(cur, pairs)
+            cur.execute(_Q["lock_audit"])
+            for request in requests:
+                try:
+                    with cur.connection.transaction():
+                        results.append(self._accept_one(cur, request))
+                except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                    error = StoreError(f"PostgreSQL store: {exc.diag.message_primary or exc}")
+                    error.__cause__ = exc
+                    results.append(error)
+                except StoreError as exc:
+                    results.append(exc)
+        return results
+
+    def _accept_one(self, cur: Cursor, request: AcceptRequest) -> AcceptResult:
+        message, deliveries = request.message, request.deliveries
+        received = _aware(message.received_at)
+        existing = self._duplicate(cur, message)
+        if existing is not None:
+            return self._earlier(cur, existing)
+        cur.execute(
+            _Q["insert_message"],
+            {
+                "id": message.id,
+                "bundle_id": message.bundle_id,
+                "header_id": message.header_id,
+                "sender": message.sender,
+                "kind": message.kind,
+                "citizen_key": message.citizen_key,
+                "content_type": message.content_type,
+                "payload": message.payload,
+                "response": message.response,
+                "received_at": received,
+                "mapping_version": message.mapping_version,
+            },
+        )
+        if cur.fetchone() is None:
+            # A concurrent accept of the same ids committed first; this statement sees it now.
             existing = self._duplicate(cur, message)
-            if existing is not None:
-                return self._earlier(cur, existing)
-            cur.execute(
-                _Q["insert_message"],
+            if existing is None:
+                raise StoreError(f"message id {message.id} is already taken")
+            return self._earlier(cur, existing)
+        cur.executemany(
+            _Q["insert_delivery"],
+            [
                 {
-                    "id": message.id,
-                    "bundle_id": message.bundle_id,
+                    "id": d.id,
+                    "message_id": message.id,
                     "header_id": message.header_id,
-                    "sender": message.sender,
-                    "kind": message.kind,
+                    "destination": d.destination,
                     "citizen_key": message.citizen_key,
-                    "content_type": message.content_type,
-                    "payload": message.payload,
-                    "response": message.response,
-                    "received_at": received,
-                    "mapping_version": message.mapping_version,
-                },
-            )
-            if cur.fetchone() is None:
-                # A concurrent accept of the same ids committed first; this statement sees it now.
-                existing = self._duplicate(cur, message)
-                if existing is None:
-                    raise StoreError(f"message id {message.id} is already taken")
-                return self._earlier(cur, existing)
-            if message.citizen_key is not None and deliveries:
-                keys = sorted(f"{message.citizen_key}:{d}" for d in destinations)
-                cur.execute(_Q["lock_pairs"], {"keys": keys})
-            cur.executemany(
-                _Q["insert_delivery"],
-                [
-                    {
-                        "id": d.id,
-                        "message_id": message.id,
-                        "header_id": message.header_id,
-                        "destination": d.destination,
-                        "citizen_key": message.citizen_key,
-                        "content_type": d.content_type,
-                        "payload": d.payload,
-                        "expect_receipt": d.expect_receipt,
-                        "created_at": received,
-                        "next_attempt_at": _aware(d.not_before or received),
-                    }
-                    for d in deliveries
-                ],
-            )
-            # Last, so the chain's lock is held for as short a time as possible.
-            self._append_audit(cur, audit)
+                    "content_type": d.content_type,
+                    "payload": d.payload,
+                    "expect_receipt": d.expect_receipt,
+                    "created_at": received,
+                    "next_attempt_at": _aware(d.not_before or received),
+                }
+                for d in deliveries
+            ],
+        )
+        self._append_audit(cur, request.audit, locked=True)
+        if request.admission is not None:
+            cur.execute(_Q["set_admission"], _admission_params(request.admission))
         record = MessageRecord(
             id=message.id,
             bundle_id=message.bundle_id,
@@ -703,8 +751,9 @@ class PostgresOutboxStore:
     # -- audit -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _append_audit(cur: Cursor, record: AuditRecord) -> AuditEntry:
-        cur.execute(_Q["lock_audit"])
+    def _append_audit(cur: Cursor, record: AuditRecord, *, locked: bool = False) -> AuditEntry:
+        if not locked:
+            cur.execute(_Q["lock_audit"])
         last = cur.execute(_Q["last_audit_hash"]).fetchone()
         prev_hash = AUDIT_GENESIS if last is None else last["hash"]
         digest = audit_hash(prev_hash, record)
@@ -774,16 +823,7 @@ class PostgresOutboxStore:
     def set_admission(self, admission: Admission) -> bool:
         """Record a citizen's admission state; False when a newer state is already known."""
         with self._auto() as cur:
-            cur.execute(
-                _Q["set_admission"],
-                {
-                    "citizen_key": admission.citizen_key,
-                    "hospital": admission.hospital,
-                    "status": admission.status,
-                    "since": _aware(admission.since),
-                },
-            )
-            return cur.rowcount == 1
+            return cur.execute(_Q["set_admission"], _admission_params(admission)).rowcount == 1
 
     def current_admission(self, citizen_key: str) -> Admission | None:
         """The latest known admission state of a citizen."""

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from bridge.outbox.port import (
     AUDIT_GENESIS,
+    AcceptRequest,
     AcceptResult,
     Admission,
     AdmissionStatus,
@@ -57,8 +58,10 @@ from bridge.outbox.port import (
     StoreError,
     StoreUnavailable,
     audit_hash,
+    check_accept_requests,
     classify_duplicate,
     format_timestamp,
+    only_result,
 )
 from bridge.outbox.sql import load_migrations, load_queries
 
@@ -164,6 +167,15 @@ def _attempt_params(delivery_id: str, worker_id: str, attempt: AttemptRecord) ->
         "outcome": attempt.outcome,
         "status_code": attempt.status_code,
         "detail": attempt.detail,
+    }
+
+
+def _admission_params(admission: Admission) -> dict[str, Any]:
+    return {
+        "citizen_key": admission.citizen_key,
+        "hospital": admission.hospital,
+        "status": admission.status,
+        "since": _ts(admission.since),
     }
 
 
@@ -327,59 +339,84 @@ class SqliteOutboxStore:
     # -- ingress ---------------------------------------------------------------------------------------
 
     def accept(
-        self, message: NewMessage, deliveries: Sequence[NewDelivery], audit: AuditRecord
+        self,
+        message: NewMessage,
+        deliveries: Sequence[NewDelivery],
+        audit: AuditRecord,
+        admission: Admission | None = None,
     ) -> AcceptResult:
         """Store message, deliveries and audit record in ONE transaction, or report the earlier duplicate."""
-        destinations = [d.destination for d in deliveries]
-        if len(set(destinations)) != len(destinations):
-            raise ValueError("a message has at most one delivery per destination")
-        ids = {"bundle_id": message.bundle_id, "header_id": message.header_id}
+        return only_result(self.accept_many([AcceptRequest(message, deliveries, audit, admission)]))
+
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
+        """``accept`` for several messages in ONE transaction, each behind its own savepoint."""
+        check_accept_requests(requests)
+        if not requests:
+            return []
+        results: list[AcceptResult | StoreError] = []
         with self._write() as conn:
-            existing = classify_duplicate(
-                [_message(r) for r in conn.execute(_Q["message_by_ids"], ids)],
-                message.bundle_id,
-                message.header_id,
-            )
-            if existing is not None:
-                found = conn.execute(
-                    "SELECT id FROM deliveries WHERE message_id = ? ORDER BY seq", (existing.message.id,)
-                ).fetchall()
-                return AcceptResult(existing.message, tuple(r[0] for r in found), existing.kind)
-            received = _ts(message.received_at)
+            for request in requests:
+                conn.execute("SAVEPOINT accept_request")
+                try:
+                    results.append(self._accept_one(conn, request))
+                except sqlite3.IntegrityError as exc:
+                    conn.execute("ROLLBACK TO accept_request")
+                    error = StoreError(str(exc))
+                    error.__cause__ = exc
+                    results.append(error)
+                conn.execute("RELEASE accept_request")
+        return results
+
+    def _accept_one(self, conn: sqlite3.Connection, request: AcceptRequest) -> AcceptResult:
+        message, deliveries = request.message, request.deliveries
+        ids = {"bundle_id": message.bundle_id, "header_id": message.header_id}
+        existing = classify_duplicate(
+            [_message(r) for r in conn.execute(_Q["message_by_ids"], ids)],
+            message.bundle_id,
+            message.header_id,
+        )
+        if existing is not None:
+            found = conn.execute(
+                "SELECT id FROM deliveries WHERE message_id = ? ORDER BY seq", (existing.message.id,)
+            ).fetchall()
+            return AcceptResult(existing.message, tuple(r[0] for r in found), existing.kind)
+        received = _ts(message.received_at)
+        conn.execute(
+            _Q["insert_message"],
+            {
+                "id": message.id,
+                **ids,
+                "sender": message.sender,
+                "kind": message.kind,
+                "citizen_key": message.citizen_key,
+                "content_type": message.content_type,
+                "payload": message.payload,
+                "response": message.response,
+                "received_at": received,
+                "mapping_version": message.mapping_version,
+            },
+        )
+        for delivery in deliveries:
             conn.execute(
-                _Q["insert_message"],
+                _Q["insert_delivery"],
                 {
-                    "id": message.id,
-                    **ids,
-                    "sender": message.sender,
-                    "kind": message.kind,
+                    "id": delivery.id,
+                    "message_id": message.id,
+                    "header_id": message.header_id,
+                    "destination": delivery.destination,
                     "citizen_key": message.citizen_key,
-                    "content_type": message.content_type,
-                    "payload": message.payload,
-                    "response": message.response,
-                    "received_at": received,
-                    "mapping_version": message.mapping_version,
+                    "content_type": delivery.content_type,
+                    "payload": delivery.payload,
+                    "expect_receipt": int(delivery.expect_receipt),
+                    "created_at": received,
+                    "next_attempt_at": _ts(delivery.not_before or message.received_at),
                 },
             )
-            for delivery in deliveries:
-                conn.execute(
-                    _Q["insert_delivery"],
-                    {
-                        "id": delivery.id,
-                        "message_id": message.id,
-                        "header_id": message.header_id,
-                        "destination": delivery.destination,
-                        "citizen_key": message.citizen_key,
-                        "content_type": delivery.content_type,
-                        "payload": delivery.payload,
-                        "expect_receipt": int(delivery.expect_receipt),
-                        "created_at": received,
-                        "next_attempt_at": _ts(delivery.not_before or message.received_at),
-                    },
-                )
-            self._append_audit(conn, audit)
-            row = conn.execute(_Q["message_by_id_or_header"], {"id": message.id}).fetchone()
-            return AcceptResult(_message(row), tuple(d.id for d in deliveries), None)
+        self._append_audit(conn, request.audit)
+        if request.admission is not None:
+            conn.execute(_Q["set_admission"], _admission_params(request.admission))
+        row = conn.execute(_Q["message_by_id_or_header"], {"id": message.id}).fetchone()
+        return AcceptResult(_message(row), tuple(d.id for d in deliveries), None)
 
     def find_by_ids(self, bundle_id: str, header_id: str) -> Duplicate | None:
         """The stored message matching either id, and how it matches; None when both are new."""
@@ -741,16 +778,7 @@ class SqliteOutboxStore:
     def set_admission(self, admission: Admission) -> bool:
         """Record a citizen's admission state; False when a newer state is already known."""
         with self._write() as conn:
-            cur = conn.execute(
-                _Q["set_admission"],
-                {
-                    "citizen_key": admission.citizen_key,
-                    "hospital": admission.hospital,
-                    "status": admission.status,
-                    "since": _ts(admission.since),
-                },
-            )
-            return cur.rowcount == 1
+            return conn.execute(_Q["set_admission"], _admission_params(admission)).rowcount == 1
 
     def current_admission(self, citizen_key: str) -> Admission | None:
         """The latest known admission state of a citizen."""

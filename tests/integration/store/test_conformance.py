@@ -15,6 +15,8 @@ import pytest
 from bridge.clock import FakeClock
 from bridge.outbox.port import (
     AUDIT_GENESIS,
+    AcceptRequest,
+    AcceptResult,
     Admission,
     AttemptRecord,
     AuditRecord,
@@ -192,6 +194,135 @@ def test_concurrent_accepts_of_one_message_store_it_once(
         t.join()
     assert sorted(results) == [False] * 7 + [True]
     assert len(stores[0].list_deliveries()) == 1
+
+
+# -- accept_many -------------------------------------------------------------------------------------
+
+
+def test_accept_many_commits_a_batch_in_order(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    requests = [
+        AcceptRequest(*messages.build(citizen="c1", destinations=("kbh", "aarhus"))) for _ in range(5)
+    ]
+
+    results = store.accept_many(requests)
+
+    assert [r.message.id for r in results if isinstance(r, AcceptResult) and r.accepted] == [
+        r.message.id for r in requests
+    ]
+    for request, result in zip(requests, results, strict=True):
+        assert isinstance(result, AcceptResult)
+        assert result.delivery_ids == tuple(d.id for d in request.deliveries)
+    entries = store.read_audit()
+    assert [e.record.message_id for e in entries] == [r.message.id for r in requests]
+    assert verify_audit_chain(entries) is None
+    assert store.accept_many([]) == []
+    # Per-citizen order holds across the batch: the first request's deliveries go first.
+    assert {c.id for c in store.claim_due("w1", clock.now(), LEASE, limit=10)} == {
+        d.id for d in requests[0].deliveries
+    }
+
+
+def test_accept_many_finds_duplicates_within_the_batch_and_against_earlier_ones(
+    store: OutboxStore, messages: Messages
+) -> None:
+    earlier = AcceptRequest(*messages.from_example(DUPLICATE_A))
+    assert isinstance(store.accept_many([earlier])[0], AcceptResult)
+    fresh = AcceptRequest(*messages.build())
+    resubmitted = AcceptRequest(*messages.from_example(DUPLICATE_B))  # same MessageHeader.id as earlier
+    again = replace(fresh, message=replace(fresh.message, id=str(uuid.uuid4())))  # same ids as fresh
+
+    results = store.accept_many([fresh, resubmitted, again])
+
+    first, second, third = results
+    assert isinstance(first, AcceptResult) and first.accepted
+    assert isinstance(second, AcceptResult) and second.duplicate == "header-reused"
+    assert second.message.id == earlier.message.id
+    assert isinstance(third, AcceptResult) and third.duplicate == "same"
+    assert (third.message.id, third.delivery_ids) == (fresh.message.id, first.delivery_ids)
+    assert len(store.list_deliveries()) == 2
+    entries = store.read_audit()
+    assert [e.record.message_id for e in entries] == [earlier.message.id, fresh.message.id]
+
+
+def test_a_failing_request_is_reported_in_its_slot_and_the_others_commit(
+    store: OutboxStore, messages: Messages
+) -> None:
+    before = AcceptRequest(*messages.build(citizen="c1"))
+    broken = AcceptRequest(*messages.build(citizen="c1"))
+    # Its delivery reuses the first request's delivery id: the insert fails inside the transaction.
+    broken = replace(broken, deliveries=[replace(broken.deliveries[0], id=before.deliveries[0].id)])
+    after = AcceptRequest(*messages.build(citizen="c1"))
+
+    results = store.accept_many([before, broken, after])
+
+    assert isinstance(results[0], AcceptResult) and results[0].accepted
+    assert isinstance(results[1], StoreError)
+    assert isinstance(results[2], AcceptResult) and results[2].accepted
+    assert store.message_trace(broken.message.id) is None
+    assert store.find_by_ids(broken.message.bundle_id, broken.message.header_id) is None
+    assert [d.message_id for d in store.list_deliveries()] == [before.message.id, after.message.id]
+    entries = store.read_audit()
+    assert [e.record.message_id for e in entries] == [before.message.id, after.message.id]
+    assert verify_audit_chain(entries) is None
+    # accept raises the error of its one request, and stores nothing of it.
+    with pytest.raises(StoreError):
+        store.accept(broken.message, broken.deliveries, broken.audit)
+    assert len(store.read_audit()) == 2
+
+
+def test_accept_many_refuses_two_deliveries_to_one_destination_before_storing_anything(
+    store: OutboxStore, messages: Messages
+) -> None:
+    good = AcceptRequest(*messages.build())
+    bad = AcceptRequest(*messages.build())
+    bad = replace(bad, deliveries=[bad.deliveries[0], replace(bad.deliveries[0], id=str(uuid.uuid4()))])
+    with pytest.raises(ValueError, match="one delivery per destination"):
+        store.accept_many([good, bad])
+    assert store.list_deliveries() == [] and store.read_audit() == []
+
+
+def test_admissions_are_stored_with_their_messages(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    key = "citizen-admitted"
+    start = clock.now()
+    admitted = Admission(key, "rh", "admitted", start)
+    discharged = Admission(key, "rh", "discharged", start + timedelta(days=3))
+    on_leave = Admission(key, "rh", "on-leave", start + timedelta(days=1))  # older, arrives later
+
+    results = store.accept_many(
+        [
+            AcceptRequest(*messages.build(citizen=key), admission=admitted),
+            AcceptRequest(*messages.build(citizen=key), admission=discharged),
+            AcceptRequest(*messages.build(citizen=key), admission=on_leave),
+        ]
+    )
+
+    assert all(isinstance(r, AcceptResult) and r.accepted for r in results)
+    assert store.current_admission(key) == discharged
+    # A later batch with a newer state wins; a duplicate's admission is not applied.
+    first = messages.build(citizen=key)
+    elsewhere = Admission(key, "ouh", "admitted", start + timedelta(days=5))
+    assert store.accept(*first, admission=elsewhere).accepted
+    newest = Admission(key, "rh", "deceased", start + timedelta(days=9))
+    duplicate = store.accept(*first, admission=newest)
+    assert duplicate.duplicate == "same"
+    assert store.current_admission(key) == elsewhere
+
+
+def test_the_admission_of_a_failing_request_is_rolled_back_with_it(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    good = AcceptRequest(*messages.build(citizen="c1"))
+    broken = AcceptRequest(
+        *messages.build(citizen="c2"), admission=Admission("c2", "rh", "admitted", clock.now())
+    )
+    broken = replace(broken, deliveries=[replace(broken.deliveries[0], id=good.deliveries[0].id)])
+    results = store.accept_many([good, broken])
+    assert isinstance(results[1], StoreError)
+    assert store.current_admission("c2") is None
 
 
 # -- claim, lease, complete --------------------------------------------------------------------------
