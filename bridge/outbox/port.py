@@ -14,9 +14,11 @@ port would need a second, async SQLite driver and twin code paths.
 
 Ordering: deliveries for the same citizen to the same destination leave in the order they were
 accepted - only the oldest *open* (pending or leased) delivery of a (citizen key, destination) pair can
-be claimed, so an admission that waits for a retry holds back the discharge behind it. A dead-lettered
-delivery no longer holds the pair: one permanently refused message would otherwise stall that
-citizen's flow until an operator acts. Replaying it (``retry_dead``) puts it back at its original
+be claimed, so an admission that waits for a retry holds back the discharge behind it. The adapters
+keep that oldest open delivery marked as the pair's *head* in every transition that opens or closes a
+delivery, so a claim looks at heads only and costs the same however much waits behind them. A
+dead-lettered delivery no longer holds the pair: one permanently refused message would otherwise stall
+that citizen's flow until an operator acts. Replaying it (``retry_dead``) puts it back at its original
 place, ahead of anything newer for the same pair that is still open.
 
 Citizen keys are keyed hashes of the CPR number (see ``bridge.outbox.keys``); the CPR itself never

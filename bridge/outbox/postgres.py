@@ -9,19 +9,24 @@ Claims. A worker leases due deliveries with ``SELECT ... FOR UPDATE SKIP LOCKED`
 another worker took and committed is re-checked by PostgreSQL and no longer qualifies, so no delivery
 is leased twice. An expired lease is taken over by any node the same way.
 
-Per-(citizen, destination) order. Only the oldest open delivery of a pair is claimable; the claim
-query checks "no older pending or leased delivery of this pair" against its statement snapshot. Two
-workers racing for the same citizen cannot both win: the one that skips the locked head still sees
-that head as pending in its snapshot, so the delivery behind it is not a head either. What snapshots
-cannot order is two *accepts* for the same pair running at once: a sequence number is drawn at insert
-time but becomes visible at commit, so a later number could commit first and be claimed before the
-earlier one appears. ``accept`` therefore takes a transaction-scoped advisory lock per (citizen,
-destination) pair before inserting deliveries: within a pair, number order is commit order. We chose
-this over the alternatives because it costs one lock per accepted delivery and nothing per claim: a
-partial unique index "one leased delivery per pair" would refuse a second lease but not stop a later
-delivery from overtaking an earlier one that is merely pending, and an advisory lock per pair taken at
-claim time would have to be held for the whole delivery (a session lock across HTTP calls) to mean
-anything. Locks are taken in sorted order and before the audit lock, so accepts never deadlock.
+Per-(citizen, destination) order. Only the head of a pair - its oldest open (pending or leased)
+delivery - is claimable; the ``head`` column marks it, and a claim reads pending heads only
+(``deliveries_claimable``), whatever waits behind them. Two workers racing for the same citizen cannot
+both win: the delivery behind a head is no head, and a row whose head moved after the claim's snapshot
+is re-checked when ``FOR UPDATE`` locks it and no longer qualifies. What snapshots cannot order is two
+transitions of one pair running at once: an accept that inserts while a ``complete`` of the pair's head
+is uncommitted sees the head open and inserts no head, and the ``complete``, not seeing the new row,
+finds nothing to promote - the pair would stall for good. So every transition that opens or closes a
+delivery (accept, complete, complete_many, dead_letter, retry_dead, resend) first takes a
+transaction-scoped advisory lock per (citizen, destination) pair it touches and recomputes the pair's
+head under it (``recompute_head``): within a pair these run one at a time, and sequence number order
+is commit order, so a later delivery is never claimed before an earlier one appears. Claims, retries
+and releases leave a delivery open and take no pair lock. This costs one lock per pair touched and
+nothing per claim; a partial unique index "one leased delivery per pair" would refuse a second lease
+but not stop a later delivery from overtaking an earlier one that is merely pending, and a pair lock
+taken at claim time would have to be held for the whole delivery (a session lock across HTTP calls) to
+mean anything. A transaction takes all its pair locks in sorted order before it changes a row and
+before the audit lock, so no two transactions wait on each other in a cycle.
 
 Audit chain. Appends take a transaction-scoped advisory lock first, so each reads the real previous
 hash and sequence order is chain order; the lock is held only to the end of the appending transaction.
@@ -365,6 +370,17 @@ class PostgresOutboxStore:
             cur.execute(_Q["lock_pairs"], {"keys": [key for key, _, _ in keyed]})
         return [(c, d) for _, c, d in keyed]
 
+    def _lock_pairs_of(self, cur: Cursor, delivery_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Lock the pairs of some deliveries before a transition that may move their heads."""
+        rows = cur.execute(_Q["pairs_of_deliveries"], {"ids": list(delivery_ids)}).fetchall()
+        return self._lock_pairs(cur, [(r["citizen_key"], r["destination"]) for r in rows])
+
+    @staticmethod
+    def _recompute_heads(cur: Cursor, pairs: Sequence[tuple[str, str]]) -> None:
+        """Move the head of each locked pair to its oldest open delivery (after one opened or closed)."""
+        if pairs:
+            cur.executemany(_Q["recompute_head"], [{"citizen_key": c, "destination": d} for c, d in pairs])
+
     def accept(
         self,
         message: NewMessage,
@@ -537,9 +553,11 @@ class PostgresOutboxStore:
     def complete(self, delivery_id: str, worker_id: str, attempt: AttemptRecord, now: datetime) -> None:
         """Mark a leased delivery delivered and record the attempt; ``LeaseLost`` if no longer ours."""
         with self._tx() as cur:
+            pairs = self._lock_pairs_of(cur, [delivery_id])
             params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
             self._leased_update(cur, "complete", params, delivery_id, worker_id)
             cur.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            self._recompute_heads(cur, pairs)
 
     def complete_many(
         self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
@@ -549,12 +567,14 @@ class PostgresOutboxStore:
         if not completed:
             return lost
         with self._tx() as cur:
+            pairs = self._lock_pairs_of(cur, [delivery_id for delivery_id, _ in completed])
             for delivery_id, attempt in completed:
                 params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
                 if cur.execute(_Q["complete"], params).rowcount == 1:
                     cur.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
                 else:
                     lost.append(delivery_id)
+            self._recompute_heads(cur, pairs)
         return lost
 
     def schedule_retry(
@@ -576,10 +596,12 @@ class PostgresOutboxStore:
     ) -> None:
         """Give up on a leased delivery: record the last attempt (if any) and park it as dead."""
         with self._tx() as cur:
+            pairs = self._lock_pairs_of(cur, [delivery_id])
             params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now), "reason": reason}
             self._leased_update(cur, "dead_letter", params, delivery_id, worker_id)
             if attempt is not None:
                 cur.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            self._recompute_heads(cur, pairs)
 
     def release(self, delivery_id: str, worker_id: str, now: datetime) -> None:
         """Hand a leased delivery back unattempted (graceful shutdown); it is due at once."""
@@ -587,10 +609,24 @@ class PostgresOutboxStore:
             params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
             self._leased_update(cur, "release", params, delivery_id, worker_id)
 
-    def _transition(self, query: str, params: Mapping[str, Any], delivery_id: str, refusal: str) -> None:
-        """Run a state change on one delivery; ``NotFound`` or ``InvalidTransition`` when it matched none."""
+    def _transition(
+        self,
+        query: str,
+        params: Mapping[str, Any],
+        delivery_id: str,
+        refusal: str,
+        *,
+        reopens: bool = False,
+    ) -> None:
+        """Run a state change on one delivery; ``NotFound`` or ``InvalidTransition`` when it matched none.
+
+        ``reopens``: the change opens the delivery again (a replay, a resend), at its original place
+        ahead of anything newer of its pair, so the pair is locked first and its head recomputed after.
+        """
         with self._tx() as cur:
+            pairs = self._lock_pairs_of(cur, [delivery_id]) if reopens else []
             if cur.execute(_Q[query], params).rowcount == 1:
+                self._recompute_heads(cur, pairs)
                 return
             row = cur.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
             if row is None:
@@ -600,7 +636,7 @@ class PostgresOutboxStore:
     def retry_dead(self, delivery_id: str, now: datetime) -> None:
         """Operator replay: a dead delivery becomes due now with a fresh retry budget."""
         params = {"id": delivery_id, "now": _aware(now)}
-        self._transition("retry_dead", params, delivery_id, "only a dead one can be replayed")
+        self._transition("retry_dead", params, delivery_id, "only a dead one can be replayed", reopens=True)
 
     def give_up_receipt(self, delivery_id: str, reason: str, now: datetime) -> None:
         """Park a delivered delivery whose receipt never came (resends exhausted) as dead."""
@@ -673,7 +709,7 @@ class PostgresOutboxStore:
     def resend(self, delivery_id: str, payload: bytes, now: datetime) -> None:
         """Queue a delivered delivery again with a new envelope (``payload``), counting one resend."""
         params = {"id": delivery_id, "payload": payload, "now": _aware(now)}
-        self._transition("resend", params, delivery_id, "only a delivered one is resent")
+        self._transition("resend", params, delivery_id, "only a delivered one is resent", reopens=True)
 
     # -- operators -------------------------------------------------------------------------------------
 

@@ -179,6 +179,16 @@ def _admission_params(admission: Admission) -> dict[str, Any]:
     }
 
 
+def _recompute_heads(conn: sqlite3.Connection, pairs: Collection[tuple[str | None, str]]) -> None:
+    """Move the head of each (citizen key, destination) pair to its oldest open delivery.
+
+    Called after a delivery of the pair opened or closed; deliveries without a citizen key are heads of
+    their own and set by the transition itself.
+    """
+    for citizen, destination in sorted((c, d) for c, d in pairs if c is not None):
+        conn.execute(_Q["recompute_head"], {"citizen_key": citizen, "destination": destination})
+
+
 class SqliteOutboxStore:
     """``OutboxStore`` on one SQLite database file."""
 
@@ -479,9 +489,11 @@ class SqliteOutboxStore:
         params: Mapping[str, Any],
         delivery_id: str,
         worker_id: str,
-    ) -> None:
-        if conn.execute(_Q[query], params).rowcount == 1:
-            return
+    ) -> tuple[str | None, str]:
+        """Run a transition of a leased delivery; its (citizen key, destination), or ``LeaseLost``."""
+        changed = conn.execute(_Q[query], params).fetchall()
+        if changed:
+            return changed[0]["citizen_key"], changed[0]["destination"]
         row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
         if row is None:
             raise NotFound(f"no delivery {delivery_id}")
@@ -494,8 +506,9 @@ class SqliteOutboxStore:
         """Mark a leased delivery delivered and record the attempt; ``LeaseLost`` if no longer ours."""
         with self._write() as conn:
             params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
-            self._leased_update(conn, "complete", params, delivery_id, worker_id)
+            pair = self._leased_update(conn, "complete", params, delivery_id, worker_id)
             conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            _recompute_heads(conn, [pair])
 
     def complete_many(
         self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
@@ -504,13 +517,17 @@ class SqliteOutboxStore:
         lost: list[str] = []
         if not completed:
             return lost
+        pairs: set[tuple[str | None, str]] = set()
         with self._write() as conn:
             for delivery_id, attempt in completed:
                 params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
-                if conn.execute(_Q["complete"], params).rowcount == 1:
+                changed = conn.execute(_Q["complete"], params).fetchall()
+                if changed:
+                    pairs.add((changed[0]["citizen_key"], changed[0]["destination"]))
                     conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
                 else:
                     lost.append(delivery_id)
+            _recompute_heads(conn, pairs)
         return lost
 
     def schedule_retry(
@@ -533,9 +550,10 @@ class SqliteOutboxStore:
         """Give up on a leased delivery: record the last attempt (if any) and park it as dead."""
         with self._write() as conn:
             params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now), "reason": reason}
-            self._leased_update(conn, "dead_letter", params, delivery_id, worker_id)
+            pair = self._leased_update(conn, "dead_letter", params, delivery_id, worker_id)
             if attempt is not None:
                 conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            _recompute_heads(conn, [pair])
 
     def release(self, delivery_id: str, worker_id: str, now: datetime) -> None:
         """Hand a leased delivery back unattempted (graceful shutdown); it is due at once."""
@@ -544,9 +562,11 @@ class SqliteOutboxStore:
             self._leased_update(conn, "release", params, delivery_id, worker_id)
 
     def retry_dead(self, delivery_id: str, now: datetime) -> None:
-        """Operator replay: a dead delivery becomes due now with a fresh retry budget."""
+        """Operator replay: a dead delivery becomes due now with a fresh retry budget, at its old place."""
         with self._write() as conn:
-            if conn.execute(_Q["retry_dead"], {"id": delivery_id, "now": _ts(now)}).rowcount == 1:
+            changed = conn.execute(_Q["retry_dead"], {"id": delivery_id, "now": _ts(now)}).fetchall()
+            if changed:
+                _recompute_heads(conn, [(changed[0]["citizen_key"], changed[0]["destination"])])
                 return
             row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
             if row is None:
@@ -626,7 +646,9 @@ class SqliteOutboxStore:
         """Queue a delivered delivery again with a new envelope (``payload``), counting one resend."""
         with self._write() as conn:
             params = {"id": delivery_id, "payload": payload, "now": _ts(now)}
-            if conn.execute(_Q["resend"], params).rowcount == 1:
+            changed = conn.execute(_Q["resend"], params).fetchall()
+            if changed:
+                _recompute_heads(conn, [(changed[0]["citizen_key"], changed[0]["destination"])])
                 return
             row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
             if row is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,3 +238,72 @@ class Messages:
 @pytest.fixture
 def messages(clock: FakeClock) -> Messages:
     return Messages(clock)
+
+
+# The head marker as the database holds it, against what it must be: the oldest open (pending or
+# leased) delivery of each (citizen_key, destination) pair, and every open delivery without a citizen.
+_HEAD_CHECK = """
+    SELECT d.id, d.citizen_key, d.destination, d.state, d.seq, {head} AS head,
+           CASE WHEN d.state IN ('pending', 'leased')
+                 AND (d.citizen_key IS NULL
+                      OR d.seq = (SELECT MIN(o.seq) FROM deliveries o
+                                   WHERE o.citizen_key = d.citizen_key
+                                     AND o.destination = d.destination
+                                     AND o.state IN ('pending', 'leased')))
+                THEN 1 ELSE 0 END AS expected
+      FROM deliveries d
+     ORDER BY d.seq"""
+
+
+@dataclass(frozen=True)
+class HeadRow:
+    id: str
+    citizen_key: str | None
+    destination: str
+    state: str
+    seq: int
+    head: bool
+    expected: bool
+
+
+def head_rows(store: OutboxStore) -> list[HeadRow]:
+    """Every delivery's head marker and the value the invariant demands, read by SQL from the database."""
+    if isinstance(store, SqliteOutboxStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            rows = conn.execute(_HEAD_CHECK.format(head="d.head")).fetchall()
+        finally:
+            conn.close()
+    elif isinstance(store, PostgresOutboxStore):
+        with store.pool.connection() as pg:
+            rows = pg.execute(_HEAD_CHECK.format(head="d.head::int")).fetchall()
+    else:  # pragma: no cover - a new engine must say how to read its rows
+        raise TypeError(f"no head check for {type(store).__name__}")
+    return [HeadRow(r[0], r[1], r[2], r[3], int(r[4]), bool(r[5]), bool(r[6])) for r in rows]
+
+
+def assert_heads(store: OutboxStore) -> set[str]:
+    """Fail unless the head marker holds the invariant on every row; the ids of the heads."""
+    rows = head_rows(store)
+    wrong = [r for r in rows if r.head != r.expected]
+    assert wrong == [], f"head marker out of step with the invariant: {wrong}"
+    return {r.id for r in rows if r.head}
+
+
+# Deliveries as a database at schema version 2 (before the head marker) may hold them, in seq order:
+# (id, citizen_key, destination, state). Migration 0003 must mark LEGACY_HEADS and nothing else.
+LEGACY_DELIVERIES = [
+    ("c1-kbh-1", "c1", "kbh", "delivered"),
+    ("c1-kbh-2", "c1", "kbh", "dead"),
+    ("c1-kbh-3", "c1", "kbh", "leased"),
+    ("c1-kbh-4", "c1", "kbh", "pending"),
+    ("c1-aarhus-1", "c1", "aarhus", "dead"),
+    ("c1-aarhus-2", "c1", "aarhus", "pending"),
+    ("c1-aarhus-3", "c1", "aarhus", "pending"),
+    ("c2-kbh-1", "c2", "kbh", "delivered"),
+    ("none-1", None, "kbh", "pending"),
+    ("none-2", None, "kbh", "leased"),
+    ("none-3", None, "kbh", "dead"),
+    ("c2-kbh-2", "c2", "kbh", "pending"),
+]
+LEGACY_HEADS = {"c1-kbh-3", "c1-aarhus-2", "none-1", "none-2", "c2-kbh-2"}

@@ -41,6 +41,7 @@ from .conftest import (
     DUPLICATE_B,
     LEAVE,
     Messages,
+    assert_heads,
     load_example,
 )
 
@@ -217,6 +218,7 @@ def test_accept_many_commits_a_batch_in_order(
     entries = store.read_audit()
     assert [e.record.message_id for e in entries] == [r.message.id for r in requests]
     assert verify_audit_chain(entries) is None
+    assert assert_heads(store) == {requests[0].deliveries[0].id, requests[0].deliveries[1].id}
     assert store.accept_many([]) == []
     # Per-citizen order holds across the batch: the first request's deliveries go first.
     assert {c.id for c in store.claim_due("w1", clock.now(), LEASE, limit=10)} == {
@@ -266,6 +268,7 @@ def test_a_failing_request_is_reported_in_its_slot_and_the_others_commit(
     entries = store.read_audit()
     assert [e.record.message_id for e in entries] == [before.message.id, after.message.id]
     assert verify_audit_chain(entries) is None
+    assert assert_heads(store) == {before.deliveries[0].id}
     # accept raises the error of its one request, and stores nothing of it.
     with pytest.raises(StoreError):
         store.accept(broken.message, broken.deliveries, broken.audit)
@@ -729,6 +732,184 @@ def test_messages_without_citizen_are_not_ordered(
     for _ in range(3):
         store.accept(*messages.build(citizen=None))
     assert len(store.claim_due("w1", clock.now(), LEASE, limit=10)) == 3
+
+
+# -- the head marker ---------------------------------------------------------------------------------
+# Only the head of a (citizen, destination) pair is claimable; every test reads the marker back by SQL
+# (assert_heads) and checks it against the invariant on every row after each transition.
+
+
+def _one_each(store: OutboxStore, messages: Messages, clock: FakeClock, *citizens: str | None) -> list[str]:
+    """Accept one message to kbh per citizen given, a second apart; their delivery ids in order."""
+    ids = []
+    for citizen in citizens:
+        message, deliveries, audit = messages.build(citizen=citizen, expect_receipt=True)
+        store.accept(message, deliveries, audit)
+        ids.append(deliveries[0].id)
+        clock.advance(1)
+    return ids
+
+
+def test_the_next_delivery_becomes_the_head_when_the_head_completes_or_dies(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    a, b, c, other = _one_each(store, messages, clock, "c1", "c1", "c1", "c2")
+    assert assert_heads(store) == {a, other}
+
+    claimed = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert {x.id for x in claimed} == {a, other}
+    assert assert_heads(store) == {a, other}  # a leased head stays the head
+    store.complete(a, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {b, other}
+
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert head.id == b
+    store.dead_letter(b, "w1", failed(clock, 400, "permanent"), "HTTP 400", clock.now())
+    assert assert_heads(store) == {c, other}  # the dead letter frees its pair
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert head.id == c
+    store.complete(c, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {other}
+    assert store.claim_due("w1", clock.now(), LEASE, limit=10) == []
+
+
+def test_retries_and_releases_keep_the_head(store: OutboxStore, messages: Messages, clock: FakeClock) -> None:
+    a, b = _one_each(store, messages, clock, "c1", "c1")
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.schedule_retry(head.id, "w1", failed(clock), clock.now() + timedelta(minutes=1), clock.now())
+    assert assert_heads(store) == {a}
+    assert store.claim_due("w1", clock.now(), LEASE, limit=10) == []  # b waits behind the retry
+    clock.advance(timedelta(minutes=1))
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.release(head.id, "w1", clock.now())
+    assert assert_heads(store) == {a}
+    clock.advance(LEASE)
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    clock.advance(LEASE)
+    (taken_over,) = store.claim_due("w2", clock.now(), LEASE, limit=10)  # an expired lease
+    assert head.id == taken_over.id == a
+    assert assert_heads(store) == {a}
+    store.complete(a, "w2", ok(clock), clock.now())
+    assert assert_heads(store) == {b}
+
+
+def test_a_replayed_dead_letter_takes_the_head_back_from_a_newer_pending_one(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    a, b, c = _one_each(store, messages, clock, "c1", "c1", "c1")
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.dead_letter(head.id, "w1", None, "refused", clock.now())
+    assert assert_heads(store) == {b}
+
+    store.retry_dead(a, clock.now())
+
+    assert assert_heads(store) == {a}
+    (replayed,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert replayed.id == a
+    store.complete(a, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {b}
+    assert [x.id for x in store.claim_due("w1", clock.now(), LEASE, limit=10)] == [b]
+    store.complete(b, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {c}
+
+
+def test_a_replayed_dead_letter_takes_the_head_from_a_newer_leased_one_which_still_finishes(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    a, b, c = _one_each(store, messages, clock, "c1", "c1", "c1")
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.dead_letter(head.id, "w1", None, "refused", clock.now())
+    (in_flight,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert in_flight.id == b
+
+    store.retry_dead(a, clock.now())
+
+    assert assert_heads(store) == {a}  # b keeps its lease but is no longer the head
+    (replayed,) = store.claim_due("w2", clock.now(), LEASE, limit=10)
+    assert replayed.id == a
+    store.complete(b, "w1", ok(clock), clock.now())  # the lease it held still counts
+    assert assert_heads(store) == {a}
+    assert store.claim_due("w2", clock.now(), LEASE, limit=10) == []  # c waits for a
+    store.complete(a, "w2", ok(clock), clock.now())
+    assert assert_heads(store) == {c}
+
+
+def test_a_resent_delivery_goes_back_to_its_place_at_the_head(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    a, b = _one_each(store, messages, clock, "c1", "c1")
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    store.complete(head.id, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {b}
+
+    store.resend(a, b"new envelope", clock.now())  # no receipt came for a
+
+    assert assert_heads(store) == {a}
+    (resent,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert (resent.id, resent.payload) == (a, b"new envelope")
+    store.complete(a, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {b}
+    store.give_up_receipt(a, "no receipt", clock.now())  # delivered -> dead: closed either way
+    assert assert_heads(store) == {b}
+
+
+def test_complete_many_moves_the_head_of_every_pair_it_closes(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    first = _one_each(store, messages, clock, "c1", "c2", "c3", None)
+    second = _one_each(store, messages, clock, "c1", "c2", "c3")
+    heads = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert {x.id for x in heads} == set(first)
+    store.release(first[2], "w1", clock.now())  # c3's head is handed back: its lease is lost below
+
+    lost = store.complete_many("w1", [(x.id, ok(clock)) for x in heads], clock.now())
+
+    assert lost == [first[2]]
+    assert assert_heads(store) == {second[0], second[1], first[2]}
+    assert {x.id for x in store.claim_due("w1", clock.now(), LEASE, limit=10)} == {
+        second[0],
+        second[1],
+        first[2],
+    }
+
+
+def test_every_open_delivery_without_a_citizen_is_a_head(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    a, b, c = _one_each(store, messages, clock, None, None, None)
+    assert assert_heads(store) == {a, b, c}
+    claimed = {x.id: x for x in store.claim_due("w1", clock.now(), LEASE, limit=2)}
+    assert set(claimed) == {a, b}
+    store.complete(a, "w1", ok(clock), clock.now())
+    store.dead_letter(b, "w1", None, "refused", clock.now())
+    assert assert_heads(store) == {c}
+    store.retry_dead(b, clock.now())
+    store.resend(a, b"again", clock.now())
+    assert assert_heads(store) == {a, b, c}
+    assert len(store.claim_due("w1", clock.now(), LEASE, limit=10)) == 3
+
+
+def test_a_claim_looks_at_the_heads_not_the_backlog_behind_them(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    """5,000 deliveries queued behind 10 heads waiting for a retry (a receiver that is down)."""
+    down = [f"citizen-{i}" for i in range(10)]
+    heads = _one_each(store, messages, clock, *down)
+    for claimed in store.claim_due("w1", clock.now(), LEASE, limit=100):
+        store.schedule_retry(claimed.id, "w1", failed(clock), clock.now() + timedelta(hours=1), clock.now())
+    for start in range(0, 5000, 500):
+        requests = [AcceptRequest(*messages.build(citizen=down[i % 10])) for i in range(start, start + 500)]
+        assert all(isinstance(r, AcceptResult) and r.accepted for r in store.accept_many(requests))
+    due = _one_each(store, messages, clock, "up-1", "up-2", None)
+
+    claimed = store.claim_due("w1", clock.now(), LEASE, limit=100)
+
+    assert sorted(c.id for c in claimed) == sorted(due)  # the due heads, none of the 5,000
+    assert assert_heads(store) == {*heads, *due}
+    store.complete_many("w1", [(c.id, ok(clock)) for c in claimed], clock.now())
+    clock.advance(timedelta(hours=1))
+    assert sorted(c.id for c in store.claim_due("w1", clock.now(), LEASE, limit=100)) == sorted(heads)
+    assert store.queue_stats(clock.now()).by_state["pending"] == 5000
 
 
 # -- receipts ----------------------------------------------------------------------------------------

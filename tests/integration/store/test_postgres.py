@@ -22,12 +22,30 @@ import yaml
 
 from bridge.clock import FakeClock
 from bridge.outbox import open_store
-from bridge.outbox.port import AttemptRecord, AuditRecord, StoreError, StoreUnavailable, verify_audit_chain
+from bridge.outbox.port import (
+    AcceptRequest,
+    AttemptRecord,
+    AuditRecord,
+    StoreError,
+    StoreUnavailable,
+    verify_audit_chain,
+)
 from bridge.outbox.postgres import PostgresOutboxStore, split_postgres_url
 from bridge.outbox.sql import load_migrations, load_queries
 from bridge.settings import StoreConfig
 
-from .conftest import ADMISSION, Messages, create_schema, drop_schema, load_example, postgres_server_url
+from .conftest import (
+    ADMISSION,
+    LEGACY_DELIVERIES,
+    LEGACY_HEADS,
+    Messages,
+    assert_heads,
+    create_schema,
+    drop_schema,
+    head_rows,
+    load_example,
+    postgres_server_url,
+)
 
 LEASE = timedelta(seconds=60)
 
@@ -237,6 +255,64 @@ def test_no_cpr_number_outside_the_payloads(
         ).fetchone()
     assert hits == []
     assert in_payload == (1,)  # the CPR is there, inside the payload, as it must be
+
+
+def test_migration_0003_marks_the_heads_of_existing_deliveries(server: str, schema: str) -> None:
+    when = "2024-01-01T00:00:00Z"
+    with admin(server) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute(
+            "CREATE TABLE schema_version ("
+            "version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)"
+        )
+        for migration in load_migrations("postgres")[:2]:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_version VALUES (%s, %s, now())", (migration.version, migration.name)
+            )
+        for n, (delivery_id, citizen, destination, state) in enumerate(LEGACY_DELIVERIES):
+            conn.execute(
+                "INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, "
+                "payload, response, received_at) "
+                "VALUES (%s, %s, %s, 'rh', 'x', %s, 'application/json', '', '', %s)",
+                (f"m{n}", f"b{n}", f"h{n}", citizen, when),
+            )
+            leased = state == "leased"
+            conn.execute(
+                "INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, "
+                "payload, expect_receipt, state, created_at, next_attempt_at, lease_owner, lease_expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, 'application/json', '', false, %s, %s, %s, %s, %s)",
+                (
+                    delivery_id,
+                    f"m{n}",
+                    f"h{n}",
+                    destination,
+                    citizen,
+                    state,
+                    when,
+                    when,
+                    "w0" if leased else None,
+                    "2030-01-01T00:00:00Z" if leased else None,
+                ),
+            )
+    store = PostgresOutboxStore.from_url(url_for(server, schema))
+    try:
+        assert store.migrate() == len(load_migrations("postgres")) - 2
+        assert assert_heads(store) == LEGACY_HEADS
+        claimed = store.claim_due("w1", FakeClock().now(), LEASE, limit=10)
+        assert {c.id for c in claimed} == {"c1-aarhus-2", "none-1", "c2-kbh-2"}
+    finally:
+        store.close()
+
+
+def test_the_claim_plans_on_the_heads_index(pg_store: PostgresOutboxStore, server: str, schema: str) -> None:
+    with admin(server) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        params = {"worker_id": "w", "now": FakeClock().now(), "lease_expires_at": FakeClock().now()}
+        plan = conn.execute(
+            f"EXPLAIN {load_queries('postgres')['claim_pending']}", {**params, "limit": 10, "skip": []}
+        ).fetchall()
+    assert "deliveries_claimable" in "\n".join(str(row[0]) for row in plan)
 
 
 # -- URLs ----------------------------------------------------------------------------------------------
@@ -498,6 +574,83 @@ def test_concurrent_accepts_and_claims_keep_each_citizens_order(server: str, sch
         for ids in pairs.values():
             for earlier, later in itertools.pairwise(ids):
                 assert done_at[earlier] < claim_at[later]
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_concurrent_accepts_and_completes_leave_every_pair_one_head(server: str, schema: str) -> None:
+    """Accepts race with claims, completes, dead letters and replays on the same few pairs.
+
+    Without the pair lock in the transitions that close a delivery, an accept could see the head still
+    open and insert no head while the complete could not yet see the new delivery to promote: the pair
+    would be left with open deliveries and no head, and stall.
+    """
+    clock = FakeClock()
+    messages = Messages(clock)
+    url = url_for(server, schema, pool_max_size="2")
+    stores = [PostgresOutboxStore.from_url(url) for _ in range(5)]
+    stores[0].migrate()
+    citizens = ["c1", "c2"]
+    accepting = threading.Event()
+    accepting.set()
+    errors: list[BaseException] = []
+    attempt = AttemptRecord(clock.now(), timedelta(0), "delivered", 200)
+
+    def accept(store: PostgresOutboxStore, n: int) -> None:
+        try:
+            for i in range(60):
+                batch = [
+                    AcceptRequest(
+                        *messages.build(citizen=citizens[(n + i + k) % 2], destinations=("kbh", "aarhus"))
+                    )
+                    for k in range(1 + i % 3)
+                ]
+                store.accept_many(batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def work(store: PostgresOutboxStore, name: str) -> None:
+        try:
+            turn = 0
+            while accepting.is_set():
+                turn += 1
+                batch = store.claim_due(name, clock.now(), LEASE, limit=3)
+                if turn % 7 == 0 and batch:
+                    store.dead_letter(batch[0].id, name, None, "refused", clock.now())
+                    store.retry_dead(batch[0].id, clock.now())
+                    batch = batch[1:]
+                if turn % 2:
+                    store.complete_many(name, [(c.id, attempt) for c in batch], clock.now())
+                else:
+                    for c in batch:
+                        store.complete(c.id, name, attempt, clock.now())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    acceptors = [threading.Thread(target=accept, args=(stores[n], n)) for n in (0, 1, 2)]
+    workers = [threading.Thread(target=work, args=(stores[n], f"w{n}")) for n in (3, 4)]
+    try:
+        for t in acceptors + workers:
+            t.start()
+        for t in acceptors:
+            t.join()
+        accepting.clear()
+        for t in workers:
+            t.join(timeout=60)
+        assert errors == []
+        rows = head_rows(stores[0])
+        open_pairs = {(r.citizen_key, r.destination) for r in rows if r.state in ("pending", "leased")}
+        assert open_pairs  # the workers stopped with work left, so the check below has pairs to check
+        for pair in open_pairs:
+            of_pair = [r for r in rows if (r.citizen_key, r.destination) == pair]
+            oldest_open = min(r.seq for r in of_pair if r.state in ("pending", "leased"))
+            assert [r.seq for r in of_pair if r.head] == [oldest_open], pair
+        assert [r for r in rows if r.head != r.expected] == []
+        # Nothing stalls: the rest drains to the last delivery.
+        while batch := stores[0].claim_due("w0", clock.now(), LEASE, limit=10):
+            stores[0].complete_many("w0", [(c.id, attempt) for c in batch], clock.now())
+        assert stores[0].queue_stats(clock.now()).by_state["pending"] == 0
     finally:
         for s in stores:
             s.close()

@@ -23,7 +23,7 @@ from bridge.outbox.port import AuditRecord, StoreError
 from bridge.outbox.sql import load_migrations, load_queries
 from bridge.outbox.sqlite import SqliteOutboxStore, split_statements, sqlite_path_from_url
 
-from .conftest import ADMISSION, SECRET, Messages, load_example
+from .conftest import ADMISSION, LEGACY_DELIVERIES, LEGACY_HEADS, SECRET, Messages, assert_heads, load_example
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -239,3 +239,57 @@ def test_accepted_messages_survive_kill_9(tmp_path: Path) -> None:
     finally:
         store.close()
     assert uuid.UUID(acknowledged[0])
+
+
+def test_migration_0003_marks_the_heads_of_existing_deliveries(tmp_path: Path, clock: FakeClock) -> None:
+    db = tmp_path / "version-2.db"
+    raw = sqlite3.connect(db)
+    try:
+        raw.execute(
+            "CREATE TABLE schema_version ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        for migration in load_migrations("sqlite")[:2]:
+            raw.executescript(migration.sql)
+            raw.execute(
+                "INSERT INTO schema_version VALUES (?, ?, '2024-01-01T00:00:00.000000Z')",
+                (migration.version, migration.name),
+            )
+        when = "2024-01-01T00:00:00.000000Z"
+        for n, (delivery_id, citizen, destination, state) in enumerate(LEGACY_DELIVERIES):
+            raw.execute(
+                "INSERT INTO messages (id, bundle_id, header_id, sender, kind, citizen_key, content_type, "
+                "payload, response, received_at) "
+                "VALUES (?, ?, ?, 'rh', 'x', ?, 'application/json', x'', x'', ?)",
+                (f"m{n}", f"b{n}", f"h{n}", citizen, when),
+            )
+            leased = state == "leased"
+            raw.execute(
+                "INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, "
+                "payload, expect_receipt, state, created_at, next_attempt_at, lease_owner, lease_expires_at) "
+                "VALUES (?, ?, ?, ?, ?, 'application/json', x'', 0, ?, ?, ?, ?, ?)",
+                (
+                    delivery_id,
+                    f"m{n}",
+                    f"h{n}",
+                    destination,
+                    citizen,
+                    state,
+                    when,
+                    when,
+                    "w0" if leased else None,
+                    "2030-01-01T00:00:00.000000Z" if leased else None,
+                ),
+            )
+        raw.commit()
+    finally:
+        raw.close()
+
+    store = SqliteOutboxStore(db)
+    try:
+        assert store.migrate() == len(load_migrations("sqlite")) - 2
+        assert assert_heads(store) == LEGACY_HEADS
+        claimed = store.claim_due("w1", clock.now(), timedelta(minutes=1), limit=10)
+        assert {c.id for c in claimed} == {"c1-aarhus-2", "none-1", "c2-kbh-2"}
+    finally:
+        store.close()

@@ -36,17 +36,30 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: lock_pairs
--- One transaction-scoped advisory lock per (citizen, destination) pair, taken in the caller's sorted
--- order so two accepts never wait on each other in a cycle.
+-- One transaction-scoped advisory lock per (citizen, destination) pair ("<citizen_key>:<destination>"),
+-- taken in the caller's sorted order so two transactions never wait on each other in a cycle. Every
+-- transition that moves a pair's head holds its pair's lock.
 SELECT pg_advisory_xact_lock(hashtextextended('fhir-bridge.pair:' || current_schema() || ':' || k, 0))
   FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS t (k, n)
  ORDER BY n;
 
 -- name: insert_delivery
+-- A new delivery is the newest of its pair (the pair's lock is held), so it is the head when nothing
+-- else of the pair is open.
 INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
-                        expect_receipt, state, created_at, next_attempt_at)
+                        expect_receipt, state, created_at, next_attempt_at, head)
 VALUES (%(id)s, %(message_id)s, %(header_id)s, %(destination)s, %(citizen_key)s, %(content_type)s,
-        %(payload)s, %(expect_receipt)s, 'pending', %(created_at)s, %(next_attempt_at)s);
+        %(payload)s, %(expect_receipt)s, 'pending', %(created_at)s, %(next_attempt_at)s,
+        %(citizen_key)s::text IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries o
+             WHERE o.citizen_key = %(citizen_key)s::text
+               AND o.destination = %(destination)s::text
+               AND o.state IN ('pending', 'leased')));
+
+-- name: pairs_of_deliveries
+-- The (citizen, destination) pairs of some deliveries, to lock before a transition moves their heads.
+SELECT DISTINCT citizen_key, destination FROM deliveries
+ WHERE id = ANY (%(ids)s::text[]) AND citizen_key IS NOT NULL;
 
 -- name: delivery_ids_of_message
 SELECT id FROM deliveries WHERE message_id = %(message_id)s ORDER BY seq;
@@ -89,20 +102,15 @@ RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, 
           d.next_attempt_at;
 
 -- name: claim_pending
--- A pending delivery is claimable when it is due and no older delivery for the same citizen and
--- destination is still open (pending or leased). The scan follows deliveries_due, so it stops as soon
--- as %(limit)s heads are found. A head another claimer has locked is skipped, and the delivery behind
--- it is not claimable either: this statement's snapshot still shows the head as open.
+-- A pending delivery is claimable when it is due and the head of its citizen and destination (no
+-- older delivery of the pair is open). The scan walks deliveries_claimable, which holds pending heads
+-- only, so a backlog queued behind heads waiting for a retry costs it nothing. A head another claimer
+-- has locked is skipped; the delivery behind it is no head, so it is not claimable either. A row whose
+-- head moved away after this statement's snapshot is re-checked when locked and no longer qualifies.
 WITH picked AS (
     SELECT d.seq FROM deliveries d
-     WHERE d.state = 'pending' AND d.next_attempt_at <= %(now)s
+     WHERE d.state = 'pending' AND d.head AND d.next_attempt_at <= %(now)s
        AND d.destination <> ALL (%(skip)s::text[])
-       AND (d.citizen_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM deliveries o
-             WHERE o.citizen_key = d.citizen_key
-               AND o.destination = d.destination
-               AND o.seq < d.seq
-               AND o.state IN ('pending', 'leased')))
      ORDER BY d.next_attempt_at, d.seq
      LIMIT %(limit)s
        FOR UPDATE OF d SKIP LOCKED)
@@ -122,9 +130,10 @@ RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, 
 SELECT state, lease_owner FROM deliveries WHERE id = %(id)s;
 
 -- name: complete
+-- Closes the delivery: it stops being a head; the caller then moves its pair's head (recompute_head).
 UPDATE deliveries
    SET state = 'delivered', delivered_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL,
-       last_error = NULL
+       last_error = NULL, head = false
  WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
 
 -- name: schedule_retry
@@ -134,9 +143,10 @@ UPDATE deliveries
  WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
 
 -- name: dead_letter
+-- A dead letter no longer holds its pair: it stops being a head, and the caller moves the head on.
 UPDATE deliveries
    SET state = 'dead', dead_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL,
-       last_error = %(reason)s
+       last_error = %(reason)s, head = false
  WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
 
 -- name: release
@@ -148,8 +158,11 @@ UPDATE deliveries
  WHERE id = %(id)s AND state = 'leased' AND lease_owner = %(worker_id)s;
 
 -- name: retry_dead
+-- Open again at its original place (its seq): the caller recomputes the pair, which may hand it the
+-- head back from a newer delivery. Without a citizen key it is a head of its own.
 UPDATE deliveries
-   SET state = 'pending', next_attempt_at = %(now)s, attempts = 0, first_attempt_at = NULL, dead_at = NULL
+   SET state = 'pending', next_attempt_at = %(now)s, attempts = 0, first_attempt_at = NULL, dead_at = NULL,
+       head = citizen_key IS NULL
  WHERE id = %(id)s AND state = 'dead';
 
 -- name: give_up_receipt
@@ -200,10 +213,30 @@ SELECT id, message_id, destination, citizen_key, state, attempts, resends, creat
  LIMIT %(limit)s;
 
 -- name: resend
+-- Open again at its original place, as retry_dead.
 UPDATE deliveries
    SET state = 'pending', payload = %(payload)s, resends = resends + 1, attempts = 0,
-       first_attempt_at = NULL, next_attempt_at = %(now)s, delivered_at = NULL
+       first_attempt_at = NULL, next_attempt_at = %(now)s, delivered_at = NULL, head = citizen_key IS NULL
  WHERE id = %(id)s AND state = 'delivered';
+
+-- name: recompute_head
+-- Give one (citizen, destination) pair its head back after a delivery of it opened or closed: the
+-- oldest open delivery is the head, no other row of the pair is. Only rows that change are written,
+-- and only the pair's current heads (deliveries_pair_heads) and its oldest open delivery
+-- (deliveries_open_pairs) are looked at, however long the pair's backlog. A newer leased delivery that
+-- loses the head keeps its lease and finishes. The caller holds the pair's lock, so no other
+-- transaction opens or closes a delivery of the pair meanwhile.
+WITH oldest AS (
+    SELECT MIN(seq) AS seq FROM deliveries
+     WHERE citizen_key = %(citizen_key)s AND destination = %(destination)s
+       AND state IN ('pending', 'leased'))
+UPDATE deliveries d
+   SET head = NOT d.head
+ WHERE d.seq IN (SELECT seq FROM deliveries
+                  WHERE citizen_key = %(citizen_key)s AND destination = %(destination)s AND head
+                 UNION ALL
+                 SELECT seq FROM oldest)
+   AND d.head = (d.seq IS DISTINCT FROM (SELECT seq FROM oldest));
 
 -- name: deliveries_of_message
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,

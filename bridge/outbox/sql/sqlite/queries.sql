@@ -31,10 +31,16 @@ VALUES (:id, :bundle_id, :header_id, :sender, :kind, :citizen_key, :content_type
         :received_at, :mapping_version);
 
 -- name: insert_delivery
+-- A new delivery is the newest of its pair, so it is the head when nothing else of the pair is open.
 INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
-                        expect_receipt, state, created_at, next_attempt_at)
+                        expect_receipt, state, created_at, next_attempt_at, head)
 VALUES (:id, :message_id, :header_id, :destination, :citizen_key, :content_type, :payload,
-        :expect_receipt, 'pending', :created_at, :next_attempt_at);
+        :expect_receipt, 'pending', :created_at, :next_attempt_at,
+        :citizen_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries o
+             WHERE o.citizen_key = :citizen_key
+               AND o.destination = :destination
+               AND o.state IN ('pending', 'leased')));
 
 -- name: last_audit_hash
 SELECT hash FROM audit ORDER BY seq DESC LIMIT 1;
@@ -64,10 +70,11 @@ RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, con
           created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at;
 
 -- name: claim_pending
--- A pending delivery is claimable when it is due and no older delivery for the same citizen and
--- destination is still open. The scan follows deliveries_due (state, next_attempt_at, seq), so it
--- stops as soon as :limit heads are found instead of sorting the whole backlog. :skip is a JSON array
--- of destinations the caller has no capacity for right now.
+-- A pending delivery is claimable when it is due and the head of its citizen and destination (no
+-- older delivery of the pair is open). The scan walks deliveries_claimable, which holds pending heads
+-- only, so a backlog queued behind heads waiting for a retry costs it nothing; INDEXED BY makes a
+-- schema change that would lose this plan an error instead of a slow claim. :skip is a JSON array of
+-- destinations the caller has no capacity for right now.
 UPDATE deliveries
    SET state = 'leased',
        lease_owner = :worker_id,
@@ -75,15 +82,9 @@ UPDATE deliveries
        attempts = attempts + 1,
        first_attempt_at = COALESCE(first_attempt_at, :now)
  WHERE seq IN (
-        SELECT d.seq FROM deliveries d
-         WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+        SELECT d.seq FROM deliveries d INDEXED BY deliveries_claimable
+         WHERE d.state = 'pending' AND d.head = 1 AND d.next_attempt_at <= :now
            AND d.destination NOT IN (SELECT value FROM json_each(:skip))
-           AND (d.citizen_key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM deliveries o
-                 WHERE o.citizen_key = d.citizen_key
-                   AND o.destination = d.destination
-                   AND o.seq < d.seq
-                   AND o.state IN ('pending', 'leased')))
          ORDER BY d.next_attempt_at, d.seq
          LIMIT :limit)
 RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
@@ -93,21 +94,27 @@ RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, con
 SELECT state, lease_owner FROM deliveries WHERE id = :id;
 
 -- name: complete
+-- Closes the delivery: it stops being a head; the caller then moves its pair's head (recompute_head).
 UPDATE deliveries
    SET state = 'delivered', delivered_at = :now, lease_owner = NULL, lease_expires_at = NULL,
-       last_error = NULL
- WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+       last_error = NULL, head = 0
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id
+RETURNING citizen_key, destination;
 
 -- name: schedule_retry
 UPDATE deliveries
    SET state = 'pending', next_attempt_at = :retry_at, lease_owner = NULL, lease_expires_at = NULL,
        last_error = :last_error
- WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id
+RETURNING citizen_key, destination;
 
 -- name: dead_letter
+-- A dead letter no longer holds its pair: it stops being a head, and the caller moves the head on.
 UPDATE deliveries
-   SET state = 'dead', dead_at = :now, lease_owner = NULL, lease_expires_at = NULL, last_error = :reason
- WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+   SET state = 'dead', dead_at = :now, lease_owner = NULL, lease_expires_at = NULL, last_error = :reason,
+       head = 0
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id
+RETURNING citizen_key, destination;
 
 -- name: release
 -- The claim did not turn into an attempt, so it gives back the attempt it counted.
@@ -115,12 +122,17 @@ UPDATE deliveries
    SET state = 'pending', next_attempt_at = :now, lease_owner = NULL, lease_expires_at = NULL,
        first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END,
        attempts = MAX(attempts - 1, 0)
- WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id;
+ WHERE id = :id AND state = 'leased' AND lease_owner = :worker_id
+RETURNING citizen_key, destination;
 
 -- name: retry_dead
+-- Open again at its original place (its seq): the caller recomputes the pair, which may hand it the
+-- head back from a newer delivery. Without a citizen key it is a head of its own.
 UPDATE deliveries
-   SET state = 'pending', next_attempt_at = :now, attempts = 0, first_attempt_at = NULL, dead_at = NULL
- WHERE id = :id AND state = 'dead';
+   SET state = 'pending', next_attempt_at = :now, attempts = 0, first_attempt_at = NULL, dead_at = NULL,
+       head = citizen_key IS NULL
+ WHERE id = :id AND state = 'dead'
+RETURNING citizen_key, destination;
 
 -- name: give_up_receipt
 UPDATE deliveries
@@ -166,10 +178,29 @@ SELECT id, message_id, destination, citizen_key, state, attempts, resends, creat
  LIMIT :limit;
 
 -- name: resend
+-- Open again at its original place, as retry_dead.
 UPDATE deliveries
    SET state = 'pending', payload = :payload, resends = resends + 1, attempts = 0, first_attempt_at = NULL,
-       next_attempt_at = :now, delivered_at = NULL
- WHERE id = :id AND state = 'delivered';
+       next_attempt_at = :now, delivered_at = NULL, head = citizen_key IS NULL
+ WHERE id = :id AND state = 'delivered'
+RETURNING citizen_key, destination;
+
+-- name: recompute_head
+-- Give one (citizen, destination) pair its head back after a delivery of it opened or closed: the
+-- oldest open delivery is the head, no other row of the pair is. Only rows that change are written,
+-- and only the pair's current heads (deliveries_pair_heads) and its oldest open delivery
+-- (deliveries_open_pairs) are looked at, however long the pair's backlog. A newer leased delivery that
+-- loses the head keeps its lease and finishes.
+WITH oldest (seq) AS (
+    SELECT MIN(seq) FROM deliveries
+     WHERE citizen_key = :citizen_key AND destination = :destination AND state IN ('pending', 'leased'))
+UPDATE deliveries
+   SET head = 1 - head
+ WHERE seq IN (SELECT seq FROM deliveries
+                WHERE citizen_key = :citizen_key AND destination = :destination AND head = 1
+               UNION ALL
+               SELECT seq FROM oldest)
+   AND head = (seq IS NOT (SELECT seq FROM oldest));
 
 -- name: deliveries_of_message
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
