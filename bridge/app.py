@@ -115,6 +115,7 @@ def create_app(
             if dispatcher is not None:
                 app.state.ingress.on_queued = None
                 dispatcher.stop(timeout=settings.dispatcher.shutdown_grace.total_seconds())
+            app.state.ingress.close()
 
     app = FastAPI(
         title="fhir-bridge",
@@ -136,15 +137,26 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     if role != "worker":
-        # The translation machinery loads at first use; load it now, before gc.freeze() and the
-        # first request, so no sender waits for it.
-        from bridge.medcom.validation import validate_message  # noqa: F401
+        _warm_up()
 
         for router in (fhir.router, municipal.router, ops.router, dryrun.router, audit_api.router):
             app.include_router(router)
         console.install(app, settings)
         _publish_outcome_schema(app)
     return app
+
+
+def _warm_up() -> None:
+    """Validate a HospitalNotification once at start-up: the MedCom profiles, terminology and the
+    validator's tables load at first use, so they load now - before ``gc.freeze()`` and the first
+    request - and no sender waits for them."""
+    from bridge.medcom.validation import validate_message
+    from bridge.simulators import traffic
+
+    admitted = traffic.admission(0)
+    admission = traffic.notification(admitted)
+    validate_message(admission)
+    validate_message(traffic.notification(traffic.discharge(admitted, traffic.header_id(admission))))
 
 
 def _publish_outcome_schema(app: FastAPI) -> None:

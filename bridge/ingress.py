@@ -1,9 +1,10 @@
 """The accept pipeline: from a request body to a committed message, or a precise refusal.
 
     parse -> validate -> authorise sender -> duplicate lookup -> route -> translate per destination
-          -> NewMessage + NewDelivery per destination + AuditRecord -> store.accept (ONE transaction)
+          -> NewMessage + NewDelivery per destination + AuditRecord (+ the admission it tells)
+          -> ONE transaction (``bridge.committer``: concurrent accepts share it, and its fsync)
 
-Everything up to ``store.accept`` is pure apart from two reads (the duplicate lookup and, for a
+Everything up to the commit is pure apart from two reads (the duplicate lookup and, for a
 HospitalNotification or a rule-routed record, the citizen's admission). The answer to the sender is
 built before the commit and stored with the message, so that a duplicate is answered with exactly
 the same bytes (MedCom reliable messaging: "the original response SHALL be resent").
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 from bridge import audit
 from bridge.auth import require_owner
 from bridge.clock import Clock
+from bridge.committer import Committer
 from bridge.errors import InvalidInput, InvalidMessage
 from bridge.fhir import identifiers as ids
 from bridge.fhir.outcome import Issue, Outcome
@@ -41,6 +43,7 @@ from bridge.municipal.events import HospitalStayEvent
 from bridge.observability import metrics
 from bridge.outbox.keys import citizen_key
 from bridge.outbox.port import (
+    AcceptRequest,
     AcceptResult,
     Admission,
     Duplicate,
@@ -290,9 +293,17 @@ class Ingress:
     clock: Clock
     #: Called after each commit that queued deliveries (the dispatcher looks for work at once).
     on_queued: Callable[[], None] | None = None
+    #: Batch concurrent accepts into one transaction (``bridge.committer``); False commits each alone.
+    group_commit: bool = True
 
     def __post_init__(self) -> None:
         self._secret = self.settings.store.citizen_key_secret.get_secret_value().encode("utf-8")
+        self._committer = Committer(self.store) if self.group_commit else None
+
+    def close(self) -> None:
+        """Commit what is queued and stop the committer (the service is stopping)."""
+        if self._committer is not None:
+            self._committer.close()
 
     def citizen_key(self, number: str | None) -> str | None:
         """The keyed hash the store orders and routes by (None without a number)."""
@@ -364,8 +375,8 @@ class Ingress:
         )
 
     def commit(self, prepared: Prepared | ReceivedAcknowledgement) -> Reply:
-        """Store a prepared message with its deliveries and audit record in one transaction; then
-        record the admission it tells. Answers 200 only after the commit."""
+        """Store a prepared message with its deliveries, its audit record and the admission it tells in
+        one transaction. Answers 200 only after the commit."""
         if isinstance(prepared, ReceivedAcknowledgement):
             return self._acknowledgement(prepared.caller, prepared.bundle)
         message = prepared.message
@@ -375,13 +386,11 @@ class Ingress:
             prepared.receivers,
             cpr=prepared.cpr,
             resource_types=prepared.resource_types,
+            admission=prepared.admission,
         )
         if not result.accepted:
             found = Duplicate(result.duplicate or "same", result.message)
             return duplicate_reply(found, prepared.caller, message.bundle_id, message.header_id)
-        if prepared.admission is not None:
-            # After the commit: a lost update only delays routing of later records, it loses nothing.
-            self.store.set_admission(prepared.admission)
         response = message.response
         return Reply(200, response, FHIR_XML if response[:1] == b"<" else FHIR_JSON)
 
@@ -449,6 +458,7 @@ class Ingress:
         *,
         cpr: str | None = None,
         resource_types: Sequence[str] = (),
+        admission: Admission | None = None,
     ) -> AcceptResult:
         record = audit.accepted(
             patient_cpr=cpr,
@@ -461,7 +471,11 @@ class Ingress:
             citizen_key=message.citizen_key,
             destinations=[r.system.id for r in receivers],
         )
-        result = self.store.accept(message, deliveries, record)
+        request = AcceptRequest(message, deliveries, record, admission)
+        if self._committer is not None:
+            result = self._committer.accept(request)
+        else:
+            result = self.store.accept(message, deliveries, record, admission)
         if result.accepted:
             metrics.accepted(message.kind, message.sender)
         if result.accepted and deliveries and self.on_queued is not None:

@@ -40,7 +40,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bridge.outbox.port import (
+    AcceptRequest,
     AcceptResult,
+    Admission,
     AuditRecord,
     ClaimedDelivery,
     NewDelivery,
@@ -145,14 +147,35 @@ class EncryptingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def _sealed(self, request: AcceptRequest) -> AcceptRequest:
+        message = request.message
+        return replace(
+            request,
+            message=replace(message, payload=self.cipher.seal(message.payload, f"message:{message.id}")),
+            deliveries=[
+                replace(d, payload=self.cipher.seal(d.payload, f"delivery:{d.id}"))
+                for d in request.deliveries
+            ],
+        )
+
     def accept(
-        self, message: NewMessage, deliveries: Sequence[NewDelivery], audit: AuditRecord
+        self,
+        message: NewMessage,
+        deliveries: Sequence[NewDelivery],
+        audit: AuditRecord,
+        admission: Admission | None = None,
     ) -> AcceptResult:
         """``OutboxStore.accept`` with the message's and every delivery's payload sealed."""
-        sealed_message = replace(message, payload=self.cipher.seal(message.payload, f"message:{message.id}"))
-        sealed = [replace(d, payload=self.cipher.seal(d.payload, f"delivery:{d.id}")) for d in deliveries]
-        result: AcceptResult = self.inner.accept(sealed_message, sealed, audit)
+        sealed = self._sealed(AcceptRequest(message, deliveries, audit, admission))
+        result: AcceptResult = self.inner.accept(
+            sealed.message, sealed.deliveries, sealed.audit, sealed.admission
+        )
         return result
+
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
+        """``OutboxStore.accept_many`` with every payload sealed."""
+        results: list[AcceptResult | StoreError] = self.inner.accept_many([self._sealed(r) for r in requests])
+        return results
 
     def claim_due(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
         """``OutboxStore.claim_due`` with each payload opened."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,7 +30,13 @@ from bridge.fhir.parse import to_xml
 from bridge.municipal.correspondence import Correspondence
 from bridge.municipal.events import HospitalStayEvent
 from bridge.outbox.keys import citizen_key
-from bridge.outbox.port import AcceptResult, AuditRecord, NewMessage, OutboxStore, StoreUnavailable
+from bridge.outbox.port import (
+    AcceptRequest,
+    AcceptResult,
+    OutboxStore,
+    StoreError,
+    StoreUnavailable,
+)
 
 NOTIFICATIONS = sorted(p.name for p in (MEDCOM / "hospitalnotification").glob("Bundle-*.json"))
 
@@ -297,7 +305,7 @@ class FailingAccept:
     def __init__(self, inner: OutboxStore) -> None:
         self._inner = inner
 
-    def accept(self, message: NewMessage, deliveries: Any, audit: AuditRecord) -> AcceptResult:
+    def accept_many(self, requests: Any) -> list[AcceptResult]:
         raise StoreUnavailable("database is locked")
 
     def __getattr__(self, name: str) -> Any:
@@ -319,11 +327,14 @@ class FailingAfterInsert:
     def __init__(self, inner: OutboxStore) -> None:
         self._inner = inner
 
-    def accept(self, message: NewMessage, deliveries: Any, audit: AuditRecord) -> AcceptResult:
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
         # Two deliveries to one destination: the adapter refuses them after nothing was written, so
         # instead break the audit: an audit body that is not bytes fails inside the transaction.
-        broken = AuditRecord(audit.recorded_at, audit.action, audit.actor, None, audit.message_id)  # type: ignore[arg-type]
-        return self._inner.accept(message, deliveries, broken)
+        broken = [
+            replace(r, audit=replace(r.audit, body=None))  # type: ignore[arg-type]
+            for r in requests
+        ]
+        return self._inner.accept_many(broken)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
