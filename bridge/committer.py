@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from bridge.outbox.port import AcceptRequest, AcceptResult, OutboxStore, StoreError
+from bridge.outbox.port import AcceptRequest, AcceptResult, OutboxStore, StoreError, check_accept_requests
 
 log = logging.getLogger("bridge.committer")
 
@@ -42,7 +42,11 @@ class Committer:
         self._closed = False
 
     def accept(self, request: AcceptRequest) -> AcceptResult:
-        """Commit ``request`` (in a batch with whatever else is waiting); blocks until it is committed."""
+        """Commit ``request`` (in a batch with whatever else is waiting); blocks until it is committed.
+
+        A malformed request (``ValueError``, e.g. two deliveries to one destination) is refused here,
+        before it could spoil a batch of other callers' messages."""
+        check_accept_requests([request])
         future: Future[AcceptResult] = Future()
         with self._lock:
             if self._closed:
