@@ -425,8 +425,21 @@ class SqliteOutboxStore:
         self._append_audit(conn, request.audit)
         if request.admission is not None:
             conn.execute(_Q["set_admission"], _admission_params(request.admission))
-        row = conn.execute(_Q["message_by_id_or_header"], {"id": message.id}).fetchone()
-        return AcceptResult(_message(row), tuple(d.id for d in deliveries), None)
+        record = MessageRecord(
+            id=message.id,
+            bundle_id=message.bundle_id,
+            header_id=message.header_id,
+            sender=message.sender,
+            kind=message.kind,
+            citizen_key=message.citizen_key,
+            content_type=message.content_type,
+            received_at=_dt(received),
+            response=message.response,
+            state="in-flight" if deliveries else "delivered",
+            payload_purged=False,
+            mapping_version=message.mapping_version,
+        )
+        return AcceptResult(record, tuple(d.id for d in deliveries), None)
 
     def find_by_ids(self, bundle_id: str, header_id: str) -> Duplicate | None:
         """The stored message matching either id, and how it matches; None when both are new."""
