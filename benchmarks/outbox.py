@@ -13,6 +13,14 @@ drain: claim_due(batch) + complete_many() per batch until the queue is empty, pe
 ``drain_deliveries_per_s`` from one worker, ``drain_concurrent_per_s`` from --threads workers.
 claim_latency: one claim_due over the full backlog (every citizen's head due), median of repeats;
 on PostgreSQL after ANALYZE (as autovacuum keeps it), and before it (``..._before_analyze``).
+accept_many_per_s: messages/s through accept_many with batches of 1, 16 and 64 (one transaction and
+one commit per batch), one thread.
+claim_behind_heads_ms: ms per claim_due call on a fresh store where --heads citizens have their head
+delivery waiting for a retry an hour away (a receiver that is down) and 0, 20,000 and 100,000
+deliveries are queued behind those heads, all of them due; nothing is claimable, so the figure is
+what a dispatcher's idle poll costs. The backlog is accepted in batches of 500 with a small payload;
+on PostgreSQL it is ANALYZEd every 10,000 and before each probe (as autovacuum would; without it,
+statements prepared while the tables were small keep plans that scan them whole).
 Both engines run in the same Python process, so the figures compare the stores, not the hardware.
 """
 
@@ -30,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from bridge.clock import FakeClock
-from bridge.outbox.port import AttemptRecord, AuditRecord, NewDelivery, NewMessage, OutboxStore
+from bridge.outbox.port import (
+    AcceptRequest,
+    AttemptRecord,
+    AuditRecord,
+    NewDelivery,
+    NewMessage,
+    OutboxStore,
+)
 from bridge.outbox.postgres import PostgresOutboxStore
 from bridge.outbox.sqlite import SqliteOutboxStore
 
@@ -70,21 +85,95 @@ def postgres_opener(server: str) -> Iterator[Callable[[], OutboxStore]]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def request(
+    clock: FakeClock,
+    i: int,
+    citizen: str,
+    destinations: tuple[str, ...] = ("kbh", "aarhus"),
+    payload: bytes = PAYLOAD,
+) -> AcceptRequest:
+    now = clock.now()
+    tag = uuid.uuid4().hex  # several figures accept into one store: ids must not repeat across them
+    message = NewMessage(
+        f"bundle-{i}-{tag}",
+        f"header-{i}-{tag}",
+        "rh",
+        "hospital-notification",
+        citizen,
+        payload,
+        "application/fhir+json",
+        now,
+    )
+    deliveries = [NewDelivery(d, payload, "application/fhir+json") for d in destinations]
+    return AcceptRequest(message, deliveries, AuditRecord(now, "message.accepted", "rh", b"{}", message.id))
+
+
 def accept_all(store: OutboxStore, clock: FakeClock, first: int, count: int, citizens: int) -> None:
     for i in range(first, first + count):
-        now = clock.now()
-        message = NewMessage(
-            f"bundle-{i}",
-            f"header-{i}",
-            "rh",
-            "hospital-notification",
-            f"citizen-{i % citizens}",
-            PAYLOAD,
-            "application/fhir+json",
-            now,
-        )
-        deliveries = [NewDelivery(d, PAYLOAD, "application/fhir+json") for d in ("kbh", "aarhus")]
-        store.accept(message, deliveries, AuditRecord(now, "message.accepted", "rh", b"{}", message.id))
+        r = request(clock, i, f"citizen-{i % citizens}")
+        store.accept(r.message, r.deliveries, r.audit)
+
+
+def accept_many_rates(store: OutboxStore, clock: FakeClock, citizens: int) -> dict[str, float]:
+    """Messages/s through accept_many, per batch size; the same number of messages for each."""
+    total = 1024
+    rates: dict[str, float] = {}
+    for size in (1, 16, 64):
+        batches = [
+            [request(clock, i, f"citizen-{i % citizens}") for i in range(start, start + size)]
+            for start in range(0, total, size)
+        ]
+        started = time.perf_counter()
+        for batch in batches:
+            store.accept_many(batch)
+        rates[str(size)] = round(total / (time.perf_counter() - started), 1)
+    return rates
+
+
+def analyze(store: OutboxStore) -> None:
+    """On PostgreSQL, refresh the planner's statistics as autovacuum would (a no-op on SQLite)."""
+    if isinstance(store, PostgresOutboxStore):
+        with store.pool.connection() as conn:
+            conn.execute("ANALYZE")
+
+
+def claim_behind_heads(opener: Callable[[], OutboxStore], heads: int, batch: int) -> dict[str, float]:
+    """ms per claim_due with 0, 20,000 and 100,000 due deliveries queued behind heads in retry."""
+    clock = FakeClock()
+    store = opener()
+    try:
+        store.migrate()
+        small = b'{"resourceType":"Bundle"}'
+        store.accept_many([request(clock, i, f"down-{i}", ("kbh",), small) for i in range(heads)])
+        attempt = AttemptRecord(clock.now(), timedelta(milliseconds=5), "transient", 503)
+        retry_at = clock.now() + timedelta(hours=1)
+        for claimed in store.claim_due("w", clock.now(), LEASE, heads):
+            store.schedule_retry(claimed.id, "w", attempt, retry_at, clock.now())
+        queued = 0
+        figures: dict[str, float] = {}
+        for target in (0, 20_000, 100_000):
+            while queued < target:
+                count = min(500, target - queued)
+                store.accept_many(
+                    [
+                        request(clock, i, f"down-{i % heads}", ("kbh",), small)
+                        for i in range(queued, queued + count)
+                    ]
+                )
+                queued += count
+                if queued % 10_000 == 0:
+                    analyze(store)  # plans made while the tables were small would scan them whole
+            analyze(store)
+            latencies = []
+            for _ in range(9):
+                t0 = time.perf_counter()
+                found = store.claim_due("probe", clock.now(), LEASE, batch)
+                latencies.append(time.perf_counter() - t0)
+                assert found == [], "only heads in retry and the backlog behind them: nothing is due"
+            figures[str(target)] = round(statistics.median(latencies) * 1000, 3)
+        return figures
+    finally:
+        store.close()
 
 
 def drain(store: OutboxStore, worker: str, clock: FakeClock, batch: int) -> int:
@@ -158,6 +247,9 @@ def run(engine: str, opener: Callable[[], OutboxStore], args: argparse.Namespace
         drain_concurrent_s = in_threads(args.threads, work)
         stats = store.queue_stats(clock.now())
         assert stats.by_state["pending"] == stats.by_state["leased"] == 0, stats
+
+        analyze(store)
+        accept_many_per_s = accept_many_rates(store, clock, args.citizens)
     finally:
         for s in stores:
             s.close()
@@ -171,6 +263,7 @@ def run(engine: str, opener: Callable[[], OutboxStore], args: argparse.Namespace
         "claim_latency_ms_median": round(statistics.median(latencies) * 1000, 3),
         "claim_latency_before_analyze_ms_median": round(statistics.median(cold) * 1000, 3),
         "backlog_at_claim_probe": args.messages * 2,
+        "accept_many_per_s": accept_many_per_s,
     }
 
 
@@ -182,20 +275,27 @@ def main() -> None:
     parser.add_argument("--citizens", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=500, help="citizens whose heads wait for a retry")
     args = parser.parse_args()
     if args.engine in ("postgres", "both") and not args.url:
         parser.error("PostgreSQL needs --url or BRIDGE_TEST_POSTGRES_URL")
     results = []
-    if args.engine in ("sqlite", "both"):
-        with sqlite_opener() as opener:
-            results.append(run("sqlite", opener, args))
+    openers: dict[str, Callable[[], AbstractContextManager[Callable[[], OutboxStore]]]] = {
+        "sqlite": sqlite_opener,
+        "postgres": lambda: postgres_opener(args.url),
+    }
+    for engine in ("sqlite", "postgres"):
+        if args.engine not in (engine, "both"):
+            continue
+        with openers[engine]() as opener:
+            result = run(engine, opener, args)
+        with openers[engine]() as opener:  # a store of its own: nothing else queued in it
+            result["claim_behind_heads_ms"] = claim_behind_heads(opener, args.heads, args.batch)
+        results.append(result)
+    server_version = None
     if args.engine in ("postgres", "both"):
-        with postgres_opener(args.url) as opener:
-            results.append(run("postgres", opener, args))
         with psycopg.connect(args.url) as conn:
             server_version = conn.info.server_version
-    else:
-        server_version = None
     print(
         json.dumps(
             {
@@ -205,6 +305,7 @@ def main() -> None:
                 "citizens": args.citizens,
                 "batch": args.batch,
                 "threads": args.threads,
+                "heads_in_retry": args.heads,
                 "payload_bytes": len(PAYLOAD),
                 "results": results,
                 "python": platform.python_version(),
