@@ -4,18 +4,25 @@ Durability: WAL journal with ``synchronous=FULL``, so a committed ``accept`` sur
 power loss before the sender hears 2xx. Concurrency: one writer connection behind a lock (SQLite has
 one writer at a time anyway; queuing in Python is cheaper than spinning on ``SQLITE_BUSY``), every
 write transaction opened with ``BEGIN IMMEDIATE`` so the read-then-write of a claim or a duplicate
-check cannot interleave with another process's, and ``busy_timeout`` for a second process on the same
-file (``--role api`` and ``--role worker`` side by side). Reads run on per-thread read-only
-connections and see the last committed state without waiting for the writer.
+check cannot interleave with another process's. Write transactions of concurrent threads share one
+commit (group commit, ``_write``): one fsync for all of them, each caller answered after it. Several
+processes on the same file (``listen.processes``, ``--role api`` beside ``--role worker``) take turns
+through a file lock beside the database (``<database>-writer.lock``), which wakes the next writer as
+soon as the lock is free; SQLite's own busy handler sleeps up to 100 ms between tries, and
+``busy_timeout`` stays the bound of any wait. Reads run on per-thread read-only connections and see the
+last committed state without waiting for the writer.
 
 Schema and queries live as SQL files in ``bridge/outbox/sql/sqlite/``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -189,6 +196,21 @@ def _recompute_heads(conn: sqlite3.Connection, pairs: Collection[tuple[str | Non
         conn.execute(_Q["recompute_head"], {"citizen_key": citizen, "destination": destination})
 
 
+#: At most this many write transactions share one commit (``SqliteOutboxStore._write``).
+MAX_GROUP = 64
+
+
+class _Group:
+    """Write transactions sharing one physical transaction and its commit."""
+
+    __slots__ = ("done", "error", "members")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: StoreUnavailable | None = None
+        self.members = 0
+
+
 class SqliteOutboxStore:
     """``OutboxStore`` on one SQLite database file."""
 
@@ -197,15 +219,24 @@ class SqliteOutboxStore:
         self._busy_ms = int(busy_timeout / timedelta(milliseconds=1))
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._waiting = 0  # threads waiting for the write lock (they may join the open group)
+        self._group: _Group | None = None
+        self._lock_fd: int | None = None
         self._readers_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._closed = False
         try:
+            self._lock_fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store's lock file: {exc}") from exc
+        try:
             self._writer = self._connect(readonly=False)
             # WAL is a property of the file; setting it once on the writer is enough.
             mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.Error as exc:
+            os.close(self._lock_fd)
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"the SQLite store could not switch to WAL (journal_mode={mode})")
@@ -263,31 +294,126 @@ class SqliteOutboxStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store: {exc}") from exc
 
+    def _lock_file(self) -> None:
+        """Take the cross-process writer lock (``<database>-writer.lock``), waiting at most busy_timeout.
+
+        Several processes on one database (``listen.processes``, ``--role api`` beside ``--role
+        worker``) queue here rather than in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms
+        between tries: a writer that missed two windows would wait longer than a whole commit takes.
+        Polling a non-blocking flock with sleeps of at most a millisecond keeps the wait near the other
+        writer's transaction time.
+        """
+        if self._lock_fd is None:
+            return
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable("SQLite store: another process holds the write lock") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+
+    def _unlock_file(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _end_group(self, group: _Group, error: StoreUnavailable | None = None) -> None:
+        """Commit the open transaction of ``group`` (or, given ``error``, roll it back and fail every
+        member with it), release the file lock and wake the members; the write lock is held."""
+        conn = self._writer
+        try:
+            if error is None:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    error = StoreUnavailable(f"SQLite store: commit failed: {exc}")
+            if error is not None:
+                group.error = error
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the connection itself is broken
+            group.error = group.error or StoreUnavailable(f"SQLite store: {exc}")
+        finally:
+            self._group = None
+            self._unlock_file()
+            group.done.set()
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken with BEGIN IMMEDIATE; rolled back on any exception."""
+        """One write transaction; it takes effect with the group commit that includes it.
+
+        Group commit: each ``_write`` runs under a SAVEPOINT inside the writer's open transaction
+        (``BEGIN IMMEDIATE``, so no other process interleaves). When the block ends and other threads
+        are waiting to write, the transaction stays open for them; the last writer of the group (or
+        the ``MAX_GROUP``-th) commits it - one fsync for all - and each member returns only after that
+        commit. A block that raises rolls back to its savepoint alone (an integrity error becomes
+        ``StoreError``); a failed commit fails every member with ``StoreUnavailable``. One thread alone
+        commits at once, exactly as without grouping.
+        """
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        with self._write_lock:
+        with self._waiting_lock:
+            self._waiting += 1
+        self._write_lock.acquire()
+        with self._waiting_lock:
+            self._waiting -= 1
+        committed_here = False
+        failure: BaseException | None = None
+        try:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
             conn = self._writer
+            group = self._group
+            if group is None:
+                self._lock_file()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    self._unlock_file()
+                    raise StoreUnavailable(f"SQLite store: {exc}") from exc
+                group = self._group = _Group()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT write")
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite store: {exc}") from exc
+                unavailable = StoreUnavailable(f"SQLite store: {exc}")
+                self._end_group(group, unavailable)
+                raise unavailable from exc
             try:
                 yield conn
             except BaseException as exc:
-                conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise StoreError(str(exc)) from exc
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreUnavailable(f"SQLite store: {exc}") from exc
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StoreUnavailable(f"SQLite store: commit failed: {exc}") from exc
+                failure = exc
+                try:
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                except sqlite3.Error as broken:
+                    self._end_group(group, StoreUnavailable(f"SQLite store: {broken}"))
+            else:
+                try:
+                    conn.execute("RELEASE write")
+                    group.members += 1
+                except sqlite3.Error as exc:
+                    self._end_group(group, StoreUnavailable(f"SQLite store: {exc}"))
+            if self._group is group:
+                with self._waiting_lock:
+                    others = self._waiting
+                if not others or group.members >= MAX_GROUP:
+                    self._end_group(group)
+                    committed_here = True
+        finally:
+            self._write_lock.release()
+        if failure is not None:
+            if isinstance(failure, sqlite3.IntegrityError):
+                raise StoreError(str(failure)) from failure
+            if isinstance(failure, sqlite3.Error):
+                raise StoreUnavailable(f"SQLite store: {failure}") from failure
+            raise failure
+        if not committed_here:
+            group.done.wait()
+        if group.error is not None:
+            raise group.error
 
     def close(self) -> None:
         """Close the writer and every reader connection."""
@@ -295,7 +421,12 @@ class SqliteOutboxStore:
             return
         self._closed = True
         with self._write_lock:
+            if self._group is not None:  # members are waiting for this group's commit
+                self._end_group(self._group)
             self._writer.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

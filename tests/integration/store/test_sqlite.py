@@ -10,9 +10,10 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,4 +293,108 @@ def test_migration_0003_marks_the_heads_of_existing_deliveries(tmp_path: Path, c
         claimed = store.claim_due("w1", clock.now(), timedelta(minutes=1), limit=10)
         assert {c.id for c in claimed} == {"c1-aarhus-2", "none-1", "c2-kbh-2"}
     finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------ group commit
+def _audit(n: int) -> AuditRecord:
+    from datetime import UTC, datetime
+
+    return AuditRecord(datetime(2026, 11, 26, tzinfo=UTC), "test.write", f"writer-{n}", b"{}")
+
+
+def _side_by_side(count: int, work: Callable[[int], None]) -> dict[int, BaseException]:
+    """Run ``work(0..count-1)`` on ``count`` threads started together; the exceptions by index."""
+    import threading
+
+    failures: dict[int, BaseException] = {}
+    start = threading.Barrier(count)
+
+    def run(n: int) -> None:
+        start.wait()
+        try:
+            work(n)
+        except BaseException as exc:  # collected for the assertions
+            failures[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return failures
+
+
+def test_concurrent_writes_share_commits_and_all_of_them_last(
+    sqlite_store: SqliteOutboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    end_group = sqlite_store._end_group
+
+    def counted(group: Any, error: Any = None) -> None:
+        commits.append(group.members)
+        end_group(group, error)
+
+    monkeypatch.setattr(sqlite_store, "_end_group", counted)
+    assert _side_by_side(48, lambda n: [sqlite_store.append_audit(_audit(n)) for _ in range(4)]) == {}
+    entries = sqlite_store.read_audit(limit=1000)
+    assert len(entries) == 48 * 4 and sum(commits) == 48 * 4
+    assert len(commits) < 48 * 4  # some writes shared a commit (and its fsync)
+    from bridge.outbox.port import verify_audit_chain
+
+    assert verify_audit_chain(entries) is None
+    reopened = SqliteOutboxStore(sqlite_store.path)  # what was answered is on disk
+    assert len(reopened.read_audit(limit=1000)) == 48 * 4
+    reopened.close()
+
+
+def test_a_write_that_fails_fails_alone_in_its_group(sqlite_store: SqliteOutboxStore) -> None:
+    def work(n: int) -> None:
+        with sqlite_store._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER PRIMARY KEY)")
+            conn.execute("INSERT INTO probe (n) VALUES (?)", (n % 20,))  # 20..39 repeat 0..19
+
+    failures = _side_by_side(40, work)
+    assert len(failures) == 20 and all(isinstance(f, StoreError) for f in failures.values())
+    raw = sqlite3.connect(sqlite_store.path)
+    try:
+        assert sorted(n for (n,) in raw.execute("SELECT n FROM probe")) == list(range(20))
+    finally:
+        raw.close()
+
+
+def test_two_stores_on_one_file_take_turns_without_busy_errors(tmp_path: Path) -> None:
+    # Two adapters on one file stand for two processes: each has its own file-lock descriptor.
+    first = SqliteOutboxStore(tmp_path / "outbox.db")
+    first.migrate()
+    second = SqliteOutboxStore(tmp_path / "outbox.db")
+    try:
+        stores = (first, second)
+        assert _side_by_side(16, lambda n: [stores[n % 2].append_audit(_audit(n)) for _ in range(25)]) == {}
+        assert len(first.read_audit(limit=1000)) == 16 * 25
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_writer_waits_for_the_file_lock_at_most_its_busy_timeout(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    from bridge.outbox.port import StoreUnavailable
+
+    store = SqliteOutboxStore(tmp_path / "outbox.db", busy_timeout=timedelta(milliseconds=300))
+    store.migrate()
+    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process in the middle of a long transaction
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.append_audit(_audit(1))
+        assert 0.25 <= time.monotonic() - started < 5
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        store.append_audit(_audit(2))  # free again: the write goes through
+        assert len(store.read_audit()) == 1
+    finally:
+        os.close(holder)
         store.close()
