@@ -42,7 +42,11 @@ class Committer:
         self._closed = False
 
     def accept(self, request: AcceptRequest) -> AcceptResult:
-        """Commit ``request`` (in a batch with whatever else is waiting); blocks until it is committed.
+        """Commit ``request`` (in a batch with whatever else is waiting); blocks until it is committed."""
+        return self.submit(request).result()
+
+    def submit(self, request: AcceptRequest) -> Future[AcceptResult]:
+        """Queue ``request`` for the next batch; the future completes once that batch is committed.
 
         A malformed request (``ValueError``, e.g. two deliveries to one destination) is refused here,
         before it could spoil a batch of other callers' messages."""
@@ -55,7 +59,7 @@ class Committer:
                 self._thread = threading.Thread(target=self._run, name="bridge-committer", daemon=True)
                 self._thread.start()
             self._queue.put((request, future))
-        return future.result()
+        return future
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread; later accepts are refused."""

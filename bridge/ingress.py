@@ -22,11 +22,13 @@ each into an OperationOutcome with its HTTP status. CPR numbers never appear in 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio.to_thread
 import orjson
 from pydantic import ValidationError
 
@@ -71,6 +73,9 @@ MUNICIPAL_JSON = "application/json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 _XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir"}
 #: Kind strings stored with each message (stable: filters and metrics use them).
+#: Bodies up to this size are prepared on the service's event loop (``Ingress.prepares_inline``).
+INLINE_BODY_BYTES = 64 * 1024
+
 KIND_HOSPITAL_NOTIFICATION = "hospital-notification"
 KIND_CARE_COMMUNICATION = "care-communication"
 KIND_ACKNOWLEDGEMENT = "acknowledgement"
@@ -299,6 +304,7 @@ class Ingress:
     def __post_init__(self) -> None:
         self._secret = self.settings.store.citizen_key_secret.get_secret_value().encode("utf-8")
         self._committer = Committer(self.store) if self.group_commit else None
+        self._embedded_store = self.settings.store.url.startswith("sqlite:")
 
     def close(self) -> None:
         """Commit what is queued and stop the committer (the service is stopping)."""
@@ -379,15 +385,45 @@ class Ingress:
         one transaction. Answers 200 only after the commit."""
         if isinstance(prepared, ReceivedAcknowledgement):
             return self._acknowledgement(prepared.caller, prepared.bundle)
+        return self._prepared_reply(prepared, self._store_request(self._prepared_request(prepared)))
+
+    async def commit_async(self, prepared: Prepared | ReceivedAcknowledgement) -> Reply:
+        """``commit`` for the event loop: the commit is awaited, not waited for in a thread of its own
+        (the committer's thread does the writing)."""
+        if isinstance(prepared, ReceivedAcknowledgement) or self._committer is None:
+            return await anyio.to_thread.run_sync(self.commit, prepared)
+        request = self._prepared_request(prepared)
+        result = await asyncio.wrap_future(self._committer.submit(request))
+        self._accepted(request, result)
+        return self._prepared_reply(prepared, result)
+
+    def prepares_inline(self, body: bytes) -> bool:
+        """Whether the service may prepare this body on its event loop rather than in a worker thread.
+
+        A thread hop per request costs more than the whole HTTP exchange, so small bodies are prepared
+        on the loop - when the store is the embedded one, whose reads (the duplicate lookup, the
+        admission) take microseconds. A database server that is away would block such a read for
+        its pool timeout, and a large body takes long to validate: both stay off the loop.
+        """
+        return self._embedded_store and len(body) <= INLINE_BODY_BYTES
+
+    def _prepared_request(self, prepared: Prepared) -> AcceptRequest:
         message = prepared.message
-        result = self._accept(
-            message,
-            prepared.deliveries,
-            prepared.receivers,
-            cpr=prepared.cpr,
+        record = audit.accepted(
+            patient_cpr=prepared.cpr,
             resource_types=prepared.resource_types,
-            admission=prepared.admission,
+            recorded=message.received_at,
+            actor=message.sender,
+            kind=message.kind,
+            message_id=message.id,
+            header_id=message.header_id,
+            citizen_key=message.citizen_key,
+            destinations=[r.system.id for r in prepared.receivers],
         )
+        return AcceptRequest(message, prepared.deliveries, record, prepared.admission)
+
+    def _prepared_reply(self, prepared: Prepared, result: AcceptResult) -> Reply:
+        message = prepared.message
         if not result.accepted:
             found = Duplicate(result.duplicate or "same", result.message)
             return duplicate_reply(found, prepared.caller, message.bundle_id, message.header_id)
@@ -471,16 +507,21 @@ class Ingress:
             citizen_key=message.citizen_key,
             destinations=[r.system.id for r in receivers],
         )
-        request = AcceptRequest(message, deliveries, record, admission)
+        return self._store_request(AcceptRequest(message, deliveries, record, admission))
+
+    def _store_request(self, request: AcceptRequest) -> AcceptResult:
         if self._committer is not None:
             result = self._committer.accept(request)
         else:
-            result = self.store.accept(message, deliveries, record, admission)
-        if result.accepted:
-            metrics.accepted(message.kind, message.sender)
-        if result.accepted and deliveries and self.on_queued is not None:
-            self.on_queued()
+            result = self.store.accept(request.message, request.deliveries, request.audit, request.admission)
+        self._accepted(request, result)
         return result
+
+    def _accepted(self, request: AcceptRequest, result: AcceptResult) -> None:
+        if result.accepted:
+            metrics.accepted(request.message.kind, request.message.sender)
+        if result.accepted and request.deliveries and self.on_queued is not None:
+            self.on_queued()
 
     # -- municipal posts ------------------------------------------------------------------------------
     def municipal_record(self, caller: System, body: bytes, receivers: Sequence[str] = ()) -> Reply:

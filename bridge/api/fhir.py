@@ -153,17 +153,19 @@ async def metadata(request: Request) -> Response:
 async def process_message(request: Request, caller: SystemCaller) -> Response:
     ingress = ingress_of(request)
     body = await read_body(request, settings_of(request).limits.max_body_bytes)
+    content_type, accept = request.headers.get("content-type"), request.headers.get("accept")
     try:
-        # The whole pipeline runs in a worker thread: preparing reads the store (duplicates, admission
-        # state), and a store that is down blocks each read for the pool timeout - on the event loop
-        # that would stall every other request, /readyz included, while the database is away.
-        reply: Reply = await anyio.to_thread.run_sync(
-            ingress.process_message,
-            caller,
-            body,
-            request.headers.get("content-type"),
-            request.headers.get("accept"),
-        )
+        if ingress.prepares_inline(body):
+            # Small bodies on the embedded store: prepared here, committed by the committer's thread.
+            prepared = ingress.prepare_message(caller, body, content_type, accept)
+            reply = prepared if isinstance(prepared, Reply) else await ingress.commit_async(prepared)
+        else:
+            # In a worker thread: preparing reads the store (duplicates, admission state), and a database
+            # server that is away blocks each read for the pool timeout - on the event loop that would
+            # stall every other request, /readyz included; and a large body takes long to validate.
+            reply = await anyio.to_thread.run_sync(
+                ingress.process_message, caller, body, content_type, accept
+            )
     except InvalidInput as exc:
         await anyio.to_thread.run_sync(ingress.record_refusal, caller, exc)
         raise

@@ -144,6 +144,20 @@ def test_three_sends_store_one_message_and_get_three_identical_answers(bed: Bed)
     assert len(bed.claim()) == 1
 
 
+def test_a_large_body_is_prepared_off_the_event_loop_with_the_same_result(bed: Bed) -> None:
+    from bridge.ingress import INLINE_BODY_BYTES
+
+    # The same message padded with whitespace past the size prepared on the event loop: it takes the
+    # worker-thread path, and is stored and answered exactly like the small one - then a duplicate.
+    small = example_bytes(STIN)
+    large = small + b" " * (INLINE_BODY_BYTES + 1)
+    first = bed.post_message(large)
+    assert first.status_code == 200
+    again = bed.post_message(small)
+    assert again.status_code == 200 and again.content == first.content
+    assert bed.count("messages") == 1 and len(bed.claim()) == 1
+
+
 def test_duplicate_in_xml_gets_the_first_answer_byte_for_byte(bed: Bed) -> None:
     first = bed.post_message(example_bytes(STIN))
     again = bed.post_message(to_xml(example(STIN)), content_type="application/fhir+xml")
