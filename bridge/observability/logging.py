@@ -174,6 +174,10 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
         named = logging.getLogger(name)
         named.handlers.clear()
         named.propagate = True
+    # httpx and httpcore log every request at INFO; the dispatcher logs each delivery itself (with its
+    # ids and outcome), so theirs would only double the lines - and the cost - of every delivery.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
