@@ -114,10 +114,33 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 def rss_kib(pid: int) -> int:
     """Resident set size of a process (Linux /proc), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     return 0
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the API processes of ``listen.processes``), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def service_rss(pid: int) -> dict[str, Any]:
+    """RSS of the serve process and of each API process it runs, and their sum, in KiB."""
+    each = {str(p): rss_kib(p) for p in [pid, *children(pid)]}
+    return {"rss_kib": sum(each.values()), "rss_kib_by_process": each}
 
 
 def bridge_config(
@@ -490,7 +513,7 @@ def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> 
     config = bridge_config(directory, port, free_port(), processes=args.processes)
     proc = start_bridge(directory, config, port, "all")
     url = f"http://127.0.0.1:{port}/fhir/$process-message"
-    samples = [{"queued": 0, "rss_kib": rss_kib(proc.pid)}]
+    samples = [{"queued": 0, **service_rss(proc.pid)}]
     try:
         step = max(1, args.queued // 4)
         done = 0
@@ -504,7 +527,7 @@ def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> 
                     "queued": done,
                     "accepted": result["ok"],
                     "accepts_per_second": result["ok_per_second"],
-                    "rss_kib": rss_kib(proc.pid),
+                    **service_rss(proc.pid),
                 }
             )
     finally:
@@ -515,7 +538,12 @@ def queued_rss(directory: Path, pool: list[bytes], args: argparse.Namespace) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description="bridge service benchmark (JSON on stdout)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="keep-alive connections of the load generator (the kernel spreads them over the API processes)",
+    )
     parser.add_argument("--messages", type=int, default=20000, help="at most this many in the peak phase")
     parser.add_argument("--queued", type=int, default=100_000, help="messages queued for a down receiver")
     parser.add_argument(
