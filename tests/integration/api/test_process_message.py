@@ -416,3 +416,59 @@ def test_an_acknowledgement_from_the_wrong_system_is_403(bed: Bed) -> None:
 
     ack = orjson.dumps(build_acknowledgement(example(STIN), "ok", now=bed.clock.now))
     assert bed.post_message(ack, token=REHAB_TOKEN).status_code == 403
+
+
+class CountingBatches:
+    """A real store that records the size of each ``accept_many`` transaction."""
+
+    def __init__(self, inner: OutboxStore) -> None:
+        self._inner = inner
+        self.batches: list[int] = []
+
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
+        self.batches.append(len(requests))
+        return self._inner.accept_many(requests)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_concurrent_senders_are_each_answered_after_their_own_message_is_stored(
+    bed_factory: BedFactory,
+) -> None:
+    import threading
+
+    import httpx
+
+    from bridge.simulators import traffic
+
+    counting: list[CountingBatches] = []
+
+    def wrap(store: OutboxStore) -> OutboxStore:
+        counting.append(CountingBatches(store))
+        return counting[0]  # type: ignore[return-value]
+
+    bed = bed_factory(store_wrapper=wrap)
+    messages = [traffic.notification(traffic.admission(500 + n)) for n in range(24)]
+    answers: dict[str, httpx.Response] = {}
+
+    headers = {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {HOSPITAL_TOKEN}"}
+
+    def send(chunk: list[dict[str, Any]]) -> None:
+        with httpx.Client(base_url=str(bed.client.base_url), timeout=30, headers=headers) as client:
+            for message in chunk:
+                answers[traffic.header_id(message)] = client.post(
+                    "/fhir/$process-message", content=orjson.dumps(message)
+                )
+
+    threads = [threading.Thread(target=send, args=(messages[k::6],)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answers) == sorted(traffic.header_id(m) for m in messages)
+    assert {a.status_code for a in answers.values()} == {200}
+    for header_id, answer in answers.items():  # each answer names its own message, which is stored
+        trace = bed.store.message_trace(answer.json()["id"])
+        assert trace is not None and trace.message.header_id == header_id
+    assert sum(counting[0].batches) == len(messages) == bed.count("messages")
