@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
@@ -24,6 +25,8 @@ from bridge.settings import Settings, System
 FHIR_JSON = "application/fhir+json"
 #: Bodies larger than this are not read for a synchronous receipt (an Acknowledgement is a few kB).
 MAX_RESPONSE_BYTES = 1024 * 1024
+#: Who is calling, for a receiver's access log.
+USER_AGENT = "fhir-bridge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,7 @@ class PostResult:
 
 def request_headers(system: System, content_type: str) -> dict[str, str]:
     """The headers of a delivery to ``system``: content type, what we accept back, credentials."""
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
     if system.format == "fhir":
         headers["Accept"] = FHIR_JSON
     else:
@@ -49,57 +52,83 @@ def request_headers(system: System, content_type: str) -> dict[str, str]:
 
 
 class Transport:
-    """Posts deliveries to the configured systems; thread-safe, one client per system, built lazily."""
+    """Posts deliveries to the configured systems; thread-safe, one connection pool per system.
+
+    Requests go straight to an ``httpx.BaseTransport`` (``handle_request``): an ``httpx.Client`` on top
+    would add cookies, auth flows, redirect handling and URL merging that a delivery never uses, and
+    cost more CPU per post than the connection itself. Tests inject one transport (e.g.
+    ``httpx.MockTransport``) for every system.
+    """
 
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self._settings = settings
-        self._transport = transport
-        self._clients: dict[str, httpx.Client] = {}
+        self._injected = transport
+        self._pools: dict[str, httpx.BaseTransport] = {}
+        self._targets: dict[str, _Target] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def client(self, system: System) -> httpx.Client:
-        """The pooled client for ``system`` (created on first use)."""
+    def _target(self, system: System) -> tuple[httpx.BaseTransport, _Target]:
+        """The pool and the fixed parts of a request for ``system`` (created on first use)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the transport is closed")
-            client = self._clients.get(system.id)
-            if client is None:
-                seconds = system.timeout.total_seconds()
-                client = httpx.Client(
-                    transport=self._transport,
-                    timeout=httpx.Timeout(seconds),
+            target = self._targets.get(system.id)
+            if target is None:
+                pool = self._injected or httpx.HTTPTransport(
+                    # Sized to the system's concurrency limit; no proxy from the environment between
+                    # the bridge and a peer (an HTTPTransport reads none).
                     limits=httpx.Limits(
                         max_connections=system.concurrency, max_keepalive_connections=system.concurrency
                     ),
-                    # Redirects are not followed: a POST of health data goes where it is configured
-                    # to go, and a 3xx is reported (as a permanent failure) instead.
-                    follow_redirects=False,
-                    trust_env=False,  # no proxy from the environment between the bridge and a peer
                 )
-                self._clients[system.id] = client
-            return client
+                self._pools[system.id] = pool
+                seconds = system.timeout.total_seconds()
+                target = self._targets[system.id] = _Target(
+                    httpx.URL(system.endpoint),
+                    {"timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}},
+                )
+            return self._pools[system.id], target
 
     def post(self, system: System, payload: bytes, content_type: str) -> PostResult:
-        """POST ``payload`` to the system's endpoint; never raises for network or HTTP trouble."""
-        client = self.client(system)
+        """POST ``payload`` to the system's endpoint; never raises for network or HTTP trouble.
+
+        Redirects are not followed: a POST of health data goes where it is configured to go, and a
+        3xx is reported (as a permanent failure) instead.
+        """
+        pool, target = self._target(system)
         started = time.perf_counter()
         try:
-            with client.stream(
-                "POST", system.endpoint, content=payload, headers=request_headers(system, content_type)
-            ) as response:
+            request = httpx.Request(
+                "POST",
+                target.url,
+                content=payload,
+                headers=request_headers(system, content_type),
+                extensions=target.extensions,
+            )
+            response = pool.handle_request(request)
+            try:
+                response.request = request
                 body = _read_bounded(response)
+            finally:
+                response.close()
         except Exception as exc:  # every failure is an outcome to classify, not a crash
             return PostResult(exc, _since(started))
         return PostResult(response, _since(started), body)
 
     def close(self) -> None:
-        """Close every client and its connections; later posts raise ``RuntimeError``."""
+        """Close every pool and its connections; later posts raise ``RuntimeError``."""
         with self._lock:
             self._closed = True
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+            pools, self._pools, self._targets = list(self._pools.values()), {}, {}
+        for pool in {id(p): p for p in pools}.values():
+            pool.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: httpx.URL
+    extensions: dict[str, Any]
 
 
 def _read_bounded(response: httpx.Response) -> bytes:
