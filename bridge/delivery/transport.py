@@ -1,7 +1,7 @@
-"""The outbound HTTP edge: one pooled httpx client per destination system.
+"""The outbound HTTP edge: one connection pool per destination system.
 
-Each system gets its own ``httpx.Client`` so its timeout, its connection pool (sized to its
-concurrency limit) and its credentials stay apart from every other system's. A post never raises:
+Each system gets its own pool (``bridge.delivery.connections``, sized to its concurrency limit), so
+its timeout, its connections and its credentials stay apart from every other system's. A post never raises:
 it returns the response or the exception raised instead of one, with the time it took, and
 ``bridge.delivery.outcome.classify`` decides what that means.
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from bridge.delivery.connections import Connections
 from bridge.settings import Settings, System
 
 FHIR_JSON = "application/fhir+json"
@@ -75,17 +76,15 @@ class Transport:
                 raise RuntimeError("the transport is closed")
             target = self._targets.get(system.id)
             if target is None:
-                pool = self._injected or httpx.HTTPTransport(
-                    # Sized to the system's concurrency limit; no proxy from the environment between
-                    # the bridge and a peer (an HTTPTransport reads none).
-                    limits=httpx.Limits(
-                        max_connections=system.concurrency, max_keepalive_connections=system.concurrency
-                    ),
+                url = httpx.URL(system.endpoint)
+                # Sized to the system's concurrency limit; no proxy from the environment between the
+                # bridge and a peer.
+                self._pools[system.id] = self._injected or Connections(
+                    url, max_connections=system.concurrency, max_body=MAX_RESPONSE_BYTES
                 )
-                self._pools[system.id] = pool
                 seconds = system.timeout.total_seconds()
                 target = self._targets[system.id] = _Target(
-                    httpx.URL(system.endpoint),
+                    url,
                     {"timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}},
                 )
             return self._pools[system.id], target
