@@ -640,7 +640,7 @@ class Dispatcher:
         except InvalidInput:
             log.warning("delivery %s: the response body is no readable receipt; ignored", claimed.id)
             return
-        log.info("delivery %s: synchronous receipt %s", claimed.id, handling.status)
+        log.debug("delivery %s: synchronous receipt %s", claimed.id, handling.status)
 
     def _release(self, claimed: ClaimedDelivery) -> None:
         try:
