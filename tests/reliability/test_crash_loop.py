@@ -1,7 +1,7 @@
 """Crash loop: a worker process SIGKILLed again and again at random points while it delivers.
 
 An API process accepts admissions for a few dozen citizens; then a worker process (``--role worker``)
-is started and killed with SIGKILL at a random moment after it became ready, at least 50 times, while
+is started and killed with SIGKILL at a random moment after it became ready, at least 30 times, while
 the receiver answers slowly enough that every kill finds posts in flight. A last worker then runs to
 the end. The receiver records every MessageHeader.id it gets.
 
@@ -9,7 +9,7 @@ Promised and checked: every acknowledged message arrives at least once; after th
 MessageHeader.id, exactly once (nothing unknown, nothing missing); each citizen's messages arrive in
 the order they were accepted; nothing stays leased or pending in the store; nothing is dead.
 
-Sizes: ``BRIDGE_RELIABILITY_KILLS`` (default 50) and ``BRIDGE_RELIABILITY_MESSAGES`` (default 700);
+Sizes: ``BRIDGE_RELIABILITY_KILLS`` (default 30) and ``BRIDGE_RELIABILITY_MESSAGES`` (default 700);
 ``BRIDGE_RELIABILITY_SEED`` repeats a run's kill times.
 """
 
@@ -29,7 +29,7 @@ from bridge.clock import SystemClock
 
 pytestmark = pytest.mark.reliability
 
-KILLS = env_int("BRIDGE_RELIABILITY_KILLS", 50)
+KILLS = env_int("BRIDGE_RELIABILITY_KILLS", 30)
 MESSAGES = env_int("BRIDGE_RELIABILITY_MESSAGES", 700)
 CITIZENS = 30
 #: How long the receiver takes per message: slow enough that a kill always finds posts in flight.
