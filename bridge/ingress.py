@@ -439,19 +439,14 @@ class Ingress:
         return self._embedded_store and len(body) <= INLINE_BODY_BYTES
 
     def _prepared_request(self, prepared: Prepared) -> AcceptRequest:
-        message = prepared.message
-        record = audit.accepted(
-            patient_cpr=prepared.cpr,
+        return self._request(
+            prepared.message,
+            prepared.deliveries,
+            prepared.receivers,
+            cpr=prepared.cpr,
             resource_types=prepared.resource_types,
-            recorded=message.received_at,
-            actor=message.sender,
-            kind=message.kind,
-            message_id=message.id,
-            header_id=message.header_id,
-            citizen_key=message.citizen_key,
-            destinations=[r.system.id for r in prepared.receivers],
+            admission=prepared.admission,
         )
-        return AcceptRequest(message, prepared.deliveries, record, prepared.admission)
 
     def _prepared_reply(self, prepared: Prepared, result: AcceptResult) -> Reply:
         message = prepared.message
@@ -517,16 +512,17 @@ class Ingress:
         }
         return Reply(200, orjson.dumps(outcome), FHIR_JSON)
 
-    def _accept(
+    def _request(
         self,
         message: NewMessage,
-        deliveries: list[NewDelivery],
+        deliveries: Sequence[NewDelivery],
         receivers: Sequence[Receiver],
         *,
         cpr: str | None = None,
         resource_types: Sequence[str] = (),
         admission: Admission | None = None,
-    ) -> AcceptResult:
+    ) -> AcceptRequest:
+        """The message with its deliveries, its audit record and the admission it tells."""
         record = audit.accepted(
             patient_cpr=cpr,
             resource_types=resource_types,
@@ -538,7 +534,7 @@ class Ingress:
             citizen_key=message.citizen_key,
             destinations=[r.system.id for r in receivers],
         )
-        return self._store_request(AcceptRequest(message, deliveries, record, admission))
+        return AcceptRequest(message, deliveries, record, admission)
 
     def _store_request(self, request: AcceptRequest) -> AcceptResult:
         if self._committer is not None:
@@ -715,24 +711,20 @@ class Ingress:
     ) -> Reply:
         message_id = str(uuid.uuid4())
         response = orjson.dumps(accepted_outcome(message_id, header_id, receivers))
-        result = self._accept(
-            NewMessage(
-                bundle_id=bundle_id,
-                header_id=header_id,
-                sender=caller.id,
-                kind=kind,
-                citizen_key=key,
-                payload=body,
-                content_type=MUNICIPAL_JSON,
-                received_at=self.clock.now(),
-                response=response,
-                mapping_version=mapping_version,
-                id=message_id,
-            ),
-            deliveries,
-            receivers,
-            cpr=cpr,
+        message = NewMessage(
+            bundle_id=bundle_id,
+            header_id=header_id,
+            sender=caller.id,
+            kind=kind,
+            citizen_key=key,
+            payload=body,
+            content_type=MUNICIPAL_JSON,
+            received_at=self.clock.now(),
+            response=response,
+            mapping_version=mapping_version,
+            id=message_id,
         )
+        result = self._store_request(self._request(message, deliveries, receivers, cpr=cpr))
         if not result.accepted:
             return duplicate_reply(
                 Duplicate(result.duplicate or "same", result.message), caller, bundle_id, header_id
