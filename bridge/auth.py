@@ -358,6 +358,41 @@ class Authenticator:
             return None
         return Caller(operator=operator, auditor=auditor, method="mtls")
 
+    def settled_without_io(
+        self,
+        authorization: str | None,
+        certificate: ClientCertificate | None,
+        address: str,
+        roles: tuple[Role, ...],
+        need: Need,
+    ) -> Caller | None:
+        """The caller, when ``identify`` and ``authorize`` would both let this request through without
+        any I/O: a static bearer token (not a JWT) of a caller that holds one of ``roles`` and ``need``,
+        no client certificate, and no throttling in force. None otherwise - then ``identify`` and
+        ``authorize`` decide, which may fetch a JWKS or append a refusal to the audit trail.
+
+        The service answers the common case on its event loop with this; it counts and records
+        nothing, so the slow path sees the request exactly as if this had not been asked.
+        """
+        if certificate is not None or authorization is None:
+            return None
+        try:
+            token = self._token(authorization)
+        except NotAuthenticated:
+            return None
+        if token is None or (self.verifier is not None and looks_like_jwt(token)):
+            return None
+        keys = [f"ip:{address}", f"id:{self._claimed(token, None)}"]
+        if self.limiter.retry_after(keys, self.clock.now()) is not None:
+            return None
+        try:
+            caller = self.by_token(token)
+        except NotAuthenticated:
+            return None
+        if not caller.roles & set(roles) or not caller.allows(need):
+            return None
+        return caller
+
     # -- authorisation -------------------------------------------------------------------------------
 
     def authorize(

@@ -41,6 +41,7 @@ from bridge.fhir import identifiers as ids
 from bridge.fhir.outcome import Issue, Outcome
 from bridge.fhir.parse import parse_fhir, to_xml
 from bridge.medcom.duplicates import Seen, decide_duplicate
+from bridge.medcom.hospital_notification import StayChange, stay_change, to_event
 from bridge.municipal.events import HospitalStayEvent
 from bridge.observability import metrics
 from bridge.outbox.keys import citizen_key
@@ -59,7 +60,7 @@ from bridge.outbox.port import (
 )
 from bridge.routing import (
     Receiver,
-    admission_from_event,
+    admission_from_change,
     explicit_receivers,
     medcom_receivers,
     rule_receivers,
@@ -348,10 +349,16 @@ class Ingress:
         cpr = patient_number(bundle)
         key = self.citizen_key(cpr)
         event: HospitalStayEvent | None = None
+        change: StayChange | None = None
         previous: Admission | None = None
         if kind == KIND_HOSPITAL_NOTIFICATION:
             previous = self.store.current_admission(key) if key is not None else None
-            event = self._event(bundle, previous)
+            deceased = previous is not None and previous.status == "deceased"
+            change = stay_change(bundle, previously_deceased=deceased)
+            if any(r.system.format != "fhir" for r in receivers):
+                # Only a municipal receiver needs the whole event (a pydantic model, the costliest
+                # part of the accept after validation); FHIR receivers get the message as it came.
+                event = to_event(bundle, previously_deceased=deceased)
         wire = body if fmt == "json" else orjson.dumps(bundle)
         deliveries = [self._medcom_delivery(r.system, kind, bundle, wire, event) for r in receivers]
         message_id = str(uuid.uuid4())
@@ -369,8 +376,10 @@ class Ingress:
             id=message_id,
         )
         admission = None
-        if event is not None and key is not None:
-            admission = admission_from_event(event, hospital=caller.id, citizen_key=key)
+        if change is not None and key is not None:
+            admission = admission_from_change(
+                change.code, change.status_before_death, change.sent, hospital=caller.id, citizen_key=key
+            )
             if previous is not None and previous.since >= admission.since:
                 admission = None  # not newer than what is known: the store would keep its state anyway
         return Prepared(
@@ -455,11 +464,6 @@ class Ingress:
             return duplicate_reply(found, prepared.caller, message.bundle_id, message.header_id)
         response = message.response
         return Reply(200, response, FHIR_XML if response[:1] == b"<" else FHIR_JSON)
-
-    def _event(self, bundle: dict[str, Any], previous: Admission | None) -> HospitalStayEvent:
-        from bridge.medcom.hospital_notification import to_event
-
-        return to_event(bundle, previously_deceased=previous is not None and previous.status == "deceased")
 
     def _medcom_delivery(
         self,
@@ -679,7 +683,14 @@ class Ingress:
             else:
                 deliveries.append(NewDelivery(r.system.id, body, MUNICIPAL_JSON))
         return self._accept_municipal(
-            caller, KIND_CORRESPONDENCE, bundle_id, header_id, key, body, deliveries, resolved,
+            caller,
+            KIND_CORRESPONDENCE,
+            bundle_id,
+            header_id,
+            key,
+            body,
+            deliveries,
+            resolved,
             cpr=corr.citizen.cpr,
         )
 

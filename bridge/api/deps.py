@@ -100,11 +100,27 @@ def _read_need(request: Request, resource: str) -> scopes.Need:
     return scopes.Need(resource, "r" if request.path_params else "s")
 
 
-def system_caller(
+async def system_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> System:
-    """The calling system (401 unauthenticated, 403 for another role or without ``system/Bundle.c``)."""
-    caller = _caller(request, credentials, ("system",), scopes.SEND)
+    """The calling system (401 unauthenticated, 403 for another role or without ``system/Bundle.c``).
+
+    A registered static token is settled on the event loop: every message a system sends passes here,
+    and a thread hop would cost more than the check. Anything else - a JWT (its JWKS may have to be
+    fetched), a client certificate, a refusal (it is audited) - is decided in a worker thread.
+    """
+    settled = authenticator_of(request).settled_without_io(
+        _authorization(credentials),
+        client_certificate(request.scope),
+        client_address(request),
+        ("system",),
+        scopes.SEND,
+    )
+    caller: Caller = (
+        settled
+        if settled is not None
+        else await anyio.to_thread.run_sync(_caller, request, credentials, ("system",), scopes.SEND)
+    )
     assert caller.system is not None
     return caller.system
 

@@ -24,6 +24,7 @@ notified before, which the caller passes as ``previously_deceased``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -238,6 +239,33 @@ def _record(view: MessageView, pv: ProvenanceView) -> NotificationRecord | None:
     except ValidationError as exc:
         view.problems.pydantic(exc, pv.located.path)
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class StayChange:
+    """What a HospitalNotification tells about the citizen's stay, read without building the whole
+    municipal event: the notification code, the encounter status a cancelled death restores, and when
+    the notification was sent (its own Provenance). Enough for the admission state the bridge keeps
+    (``bridge.routing.rules.admission_from_change``)."""
+
+    code: str
+    status_before_death: str | None
+    sent: datetime
+
+
+def stay_change(bundle: Any, *, previously_deceased: bool = False) -> StayChange:
+    """The ``StayChange`` of a HospitalNotification (raises InvalidMessage as ``to_event`` does for
+    the parts it reads). A message for FHIR receivers only needs this, not ``to_event``."""
+    view = read_message(bundle, EVENT)
+    code = _classify(view, _facts(view), previously_deceased)
+    header = view.header.resource
+    encounter = view.resolve((header.get("focus") or [None])[0], f"{view.header.path}.focus[0]", "Encounter")
+    assert encounter is not None  # _classify raised otherwise
+    current, _ = read_provenances(view)
+    view.problems.raise_if_any()
+    assert current is not None and current.occurred is not None
+    status = encounter.resource.get("status") if code == "AN_MORS" else None
+    return StayChange(code, status, current.occurred)
 
 
 def to_event(bundle: Any, *, previously_deceased: bool = False) -> HospitalStayEvent:

@@ -15,15 +15,23 @@ from bridge.routing.destinations import (
     medcom_receivers,
     sender_party,
 )
-from bridge.routing.rules import admission_from_event, admission_status, rule_receivers
+from bridge.routing.rules import (
+    admission_from_change,
+    admission_from_event,
+    admission_status,
+    rule_receivers,
+    stay_status,
+)
 
 __all__ = [
     "Receiver",
     "Unroutable",
+    "admission_from_change",
     "admission_from_event",
     "admission_status",
     "explicit_receivers",
     "medcom_receivers",
     "rule_receivers",
     "sender_party",
+    "stay_status",
 ]

@@ -14,6 +14,8 @@ the stay it cancels, and "older never overwrites newer" must follow the order of
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from bridge.errors import InvalidInput
 from bridge.fhir.outcome import Issue, Outcome
 from bridge.municipal.events import HospitalStayEvent
@@ -43,21 +45,36 @@ _BEFORE_DEATH: dict[str, AdmissionStatus] = {
 }
 
 
-def admission_status(event: HospitalStayEvent) -> AdmissionStatus:
-    """The citizen's state at the hospital after the notified event."""
-    code = event.code or ""
+def stay_status(code: str, status_before_death: str | None = None) -> AdmissionStatus:
+    """The citizen's state at the hospital after a notification with ``code`` (``AN_MORS``: the
+    encounter status the cancelled death restores)."""
     base = code.removeprefix("RE_").removeprefix("AN_")
     if code.startswith("AN_"):
         if base == "MORS":
-            return _BEFORE_DEATH.get(event.status_before_death or "", "admitted")
+            return _BEFORE_DEATH.get(status_before_death or "", "admitted")
         return _CANCELLED[base]
     return _BY_CODE[base]
+
+
+def admission_status(event: HospitalStayEvent) -> AdmissionStatus:
+    """The citizen's state at the hospital after the notified event."""
+    return stay_status(event.code or "", event.status_before_death)
 
 
 def admission_from_event(event: HospitalStayEvent, *, hospital: str, citizen_key: str) -> Admission:
     """The admission state a HospitalNotification from ``hospital`` (a system id) tells."""
     since = event.message.sent if event.message is not None else event.event_time
     return Admission(citizen_key=citizen_key, hospital=hospital, status=admission_status(event), since=since)
+
+
+def admission_from_change(
+    code: str, status_before_death: str | None, sent: datetime, *, hospital: str, citizen_key: str
+) -> Admission:
+    """``admission_from_event`` from the few facts it uses (``bridge.medcom.hospital_notification.
+    stay_change``), for a message whose receivers need no municipal event."""
+    return Admission(
+        citizen_key=citizen_key, hospital=hospital, status=stay_status(code, status_before_death), since=sent
+    )
 
 
 def _unroutable(diagnostics: str, where: str) -> InvalidInput:

@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.medcom.hospital_notification import to_event
+from bridge.medcom.hospital_notification import stay_change, to_event
 from bridge.outbox.port import Admission, AdmissionStatus
 from bridge.routing import (
     Unroutable,
+    admission_from_change,
     admission_from_event,
     admission_status,
     explicit_receivers,
     medcom_receivers,
     rule_receivers,
     sender_party,
+    stay_status,
 )
 from bridge.settings import Settings, parse_settings
 
@@ -200,6 +202,16 @@ def test_admission_learned_from_each_official_notification(prefix: str, code: st
     admission = admission_from_event(event, hospital="herlev-gentofte-hospital", citizen_key=KEY)
     assert admission.status == status and admission.hospital == "herlev-gentofte-hospital"
     assert event.message is not None and admission.since == event.message.sent
+    # The short reading the service uses when no receiver needs the municipal event tells the same.
+    change = stay_change(message("hospitalnotification", prefix))
+    assert (change.code, change.status_before_death) == (event.code, event.status_before_death)
+    assert admission == admission_from_change(
+        change.code,
+        change.status_before_death,
+        change.sent,
+        hospital="herlev-gentofte-hospital",
+        citizen_key=KEY,
+    )
 
 
 def test_a_cancelled_death_restores_the_state_before_it() -> None:
@@ -208,3 +220,4 @@ def test_a_cancelled_death_restores_the_state_before_it() -> None:
         update={"change": "cancellation", "code": "AN_MORS", "status_before_death": "onleave"}
     )
     assert admission_status(cancelled) == "on-leave"
+    assert stay_status("AN_MORS", "onleave") == "on-leave" and stay_status("AN_MORS") == "admitted"

@@ -219,6 +219,29 @@ def test_failures_are_throttled_per_address_and_identity() -> None:
     assert auth.identify("Bearer ehr-token", address="10.0.0.1").name == "ehr"
 
 
+def test_the_event_loop_settles_only_what_needs_no_io_and_counts_nothing() -> None:
+    auth, _ = authenticator()
+    quick = auth.settled_without_io
+    caller = quick("Bearer ehr-token", None, "10.0.0.1", ("system",), SEND)
+    assert caller is not None and caller.name == "ehr" and caller == auth.identify("Bearer ehr-token")
+    # What identify/authorize would refuse, audit, or verify over the network is left to them.
+    assert quick("Bearer guess", None, "10.0.0.1", ("system",), SEND) is None
+    assert quick("Bearer op-token", None, "10.0.0.1", ("system",), SEND) is None  # another role
+    assert quick(None, None, "10.0.0.1", ("system",), SEND) is None
+    assert quick("Basic b3A6cGFzcw==", None, "10.0.0.1", ("system",), SEND) is None
+    jwt_like = "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJlaHItY2xpZW50In0.c2ln"
+    assert quick(jwt_like, None, "10.0.0.1", ("system",), SEND) is None
+    cert = ClientCertificate("CN=ehr.example,O=Region", "00" * 32)
+    assert quick("Bearer ehr-token", cert, "10.0.0.1", ("system",), SEND) is None
+    # Asking counted no failure: three real failures still throttle, and then the quick path steps aside.
+    for _ in range(3):
+        with pytest.raises(NotAuthenticated):
+            auth.identify("Bearer guess", address="10.0.0.1")
+    assert quick("Bearer ehr-token", None, "10.0.0.1", ("system",), SEND) is None
+    with pytest.raises(Throttled):
+        auth.identify("Bearer ehr-token", address="10.0.0.1")
+
+
 def test_jwt_callers_and_certificate_bound_tokens(tmp_path: Path) -> None:
     key = SigningKey.ec("k1")
     keyfile = tmp_path / "jwks.json"
