@@ -35,6 +35,7 @@ from bridge import __version__, console
 from bridge.api import audit as audit_api
 from bridge.api import dryrun, errors, fhir, health, municipal, ops
 from bridge.api import metrics as metrics_api
+from bridge.api.lane import ProcessMessageLane
 from bridge.clock import Clock
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.ingress import Ingress
@@ -133,6 +134,9 @@ def create_app(
     app.state.started_at = clock.now()
     app.state.ingress = ingress or Ingress(settings, store, clock)
     errors.install(app)
+    if role != "worker":
+        # Added before the metrics middleware, so it runs inside it: its requests are counted too.
+        app.add_middleware(ProcessMessageLane)
     app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(metrics_api.router)

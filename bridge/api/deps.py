@@ -72,7 +72,8 @@ def authenticator_of(request: Request) -> Authenticator:
     return found
 
 
-def _authorization(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+def authorization(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The Authorization header as ``bearer_scheme`` read it (None: no bearer credentials)."""
     if credentials is None:
         return None
     return f"{credentials.scheme} {credentials.credentials}"
@@ -91,7 +92,7 @@ def _caller(
 ) -> Caller:
     authenticator = authenticator_of(request)
     address = client_address(request)
-    caller = authenticator.identify(_authorization(credentials), client_certificate(request.scope), address)
+    caller = authenticator.identify(authorization(credentials), client_certificate(request.scope), address)
     return authenticator.authorize(caller, roles, need, address)
 
 
@@ -110,7 +111,7 @@ async def system_caller(
     fetched), a client certificate, a refusal (it is audited) - is decided in a worker thread.
     """
     settled = authenticator_of(request).settled_without_io(
-        _authorization(credentials),
+        authorization(credentials),
         client_certificate(request.scope),
         client_address(request),
         ("system",),

@@ -13,9 +13,9 @@ from bridge import __version__
 from bridge.api.deps import SystemCaller, ingress_of, read_body, settings_of
 from bridge.api.errors import error_responses
 from bridge.errors import InvalidInput
-from bridge.ingress import FHIR_JSON, FHIR_XML, Reply, answer_format, render
+from bridge.ingress import FHIR_JSON, FHIR_XML, Ingress, Reply, answer_format, render
 from bridge.medcom import acknowledgement, care_communication, hospital_notification
-from bridge.settings import Settings
+from bridge.settings import Settings, System
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 
@@ -153,6 +153,14 @@ async def metadata(request: Request) -> Response:
 async def process_message(request: Request, caller: SystemCaller) -> Response:
     ingress = ingress_of(request)
     body = await read_body(request, settings_of(request).limits.max_body_bytes)
+    reply = await accept_message(ingress, caller, body, request)
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+
+async def accept_message(ingress: Ingress, caller: System, body: bytes, request: Request) -> Reply:
+    """Prepare and commit one posted MedCom message (the endpoint's work, and ``bridge.api.lane``'s).
+
+    A refusal is audited and raised for the error handlers to answer."""
     content_type, accept = request.headers.get("content-type"), request.headers.get("accept")
     try:
         if ingress.prepares_inline(body):
@@ -169,4 +177,4 @@ async def process_message(request: Request, caller: SystemCaller) -> Response:
     except InvalidInput as exc:
         await anyio.to_thread.run_sync(ingress.record_refusal, caller, exc)
         raise
-    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+    return reply
