@@ -39,6 +39,8 @@ app.add_typer(mappings_app, name="mappings")
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+#: The interpreter's thread switch interval in a serving process (see ``_serve_process``).
+SWITCH_INTERVAL_S = 0.001
 
 
 class Target(StrEnum):
@@ -431,6 +433,10 @@ def _serve_process(
     from bridge.outbox import open_store
 
     store = open_store(settings.store.url, migrate=migrate)
+    # The committer and delivery threads call into the store many times per batch and give up the
+    # interpreter lock at each call; a busy event loop would keep it for the default 5 ms each time
+    # before yielding it back. 1 ms keeps a batch's commit short while the loop is loaded.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # uvicorn handles SIGTERM/SIGINT (graceful stop), then raises the signal again against the handlers
     # found before it started; these note it instead, so a requested stop ends with exit code 0.
     stops: list[int] = []

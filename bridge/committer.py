@@ -18,14 +18,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from bridge.outbox.port import AcceptRequest, AcceptResult, OutboxStore, StoreError, check_accept_requests
 
 log = logging.getLogger("bridge.committer")
 
-_Item = tuple[AcceptRequest, "Future[AcceptResult]"]
+#: What ``accept_many`` gives a batch: a result or a ``StoreError`` per request, or the exception that
+#: failed the whole transaction.
+Outcomes = list[AcceptResult | StoreError] | BaseException
+_Item = tuple[Sequence[AcceptRequest], Callable[[Outcomes], None]]
 
 
 class Committer:
@@ -50,16 +53,35 @@ class Committer:
 
         A malformed request (``ValueError``, e.g. two deliveries to one destination) is refused here,
         before it could spoil a batch of other callers' messages."""
-        check_accept_requests([request])
         future: Future[AcceptResult] = Future()
+
+        def settle(outcomes: Outcomes) -> None:
+            if isinstance(outcomes, BaseException):
+                future.set_exception(outcomes)
+            elif isinstance(outcomes[0], StoreError):
+                future.set_exception(outcomes[0])
+            else:
+                future.set_result(outcomes[0])
+
+        self.submit_many([request], settle)
+        return future
+
+    def submit_many(self, requests: Sequence[AcceptRequest], done: Callable[[Outcomes], None]) -> None:
+        """Queue ``requests`` (committed in one transaction, with whatever else is waiting); ``done``
+        gets their outcomes, in order, on the committer's thread once that transaction ended.
+
+        The event loop hands over all it prepared in one turn this way: one hand-over per batch, and
+        the loop goes on preparing while the disk syncs."""
+        check_accept_requests(requests)
+        if not requests:
+            raise ValueError("nothing to commit")
         with self._lock:
             if self._closed:
                 raise StoreError("the service is stopping; no more messages are accepted")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="bridge-committer", daemon=True)
                 self._thread.start()
-            self._queue.put((request, future))
-        return future
+            self._queue.put((requests, done))
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread; later accepts are refused."""
@@ -76,8 +98,9 @@ class Committer:
             if item is None:
                 return
             batch = [item]
+            size = len(item[0])
             stop = False
-            while len(batch) < self.max_batch:
+            while size < self.max_batch:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -86,21 +109,29 @@ class Committer:
                     stop = True
                     break
                 batch.append(more)
+                size += len(more[0])
             self._commit(batch)
             if stop:
                 return
 
     def _commit(self, batch: Sequence[_Item]) -> None:
+        outcomes: Outcomes
         try:
-            results = self.store.accept_many([request for request, _ in batch])
+            outcomes = self.store.accept_many([request for requests, _ in batch for request in requests])
         except BaseException as exc:  # the transaction failed: nobody in it was accepted
-            for _, future in batch:
-                future.set_exception(exc)
+            for _, done in batch:
+                _tell(done, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if isinstance(result, StoreError):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        start = 0
+        for requests, done in batch:
+            _tell(done, outcomes[start : start + len(requests)])
+            start += len(requests)
+
+
+def _tell(done: Callable[[Outcomes], None], outcomes: Outcomes) -> None:
+    try:
+        done(outcomes)
+    except Exception:  # one caller's callback must not keep the others from their answers
+        log.exception("a committed batch's callback failed")

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from bridge import audit
 from bridge.auth import require_owner
 from bridge.clock import Clock
-from bridge.committer import Committer
+from bridge.committer import Committer, Outcomes
 from bridge.errors import InvalidInput, InvalidMessage
 from bridge.fhir import identifiers as ids
 from bridge.fhir.outcome import Issue, Outcome
@@ -54,7 +54,6 @@ from bridge.outbox.port import (
     NewDelivery,
     NewMessage,
     OutboxStore,
-    StoreError,
     StoreUnavailable,
     check_accept_requests,
 )
@@ -400,14 +399,17 @@ class Ingress:
         return self._prepared_reply(prepared, self._store_request(self._prepared_request(prepared)))
 
     async def commit_async(self, prepared: Prepared | ReceivedAcknowledgement) -> Reply:
-        """``commit`` for the event loop, on the embedded store: the messages prepared in one turn of
-        the loop are committed together, on the loop, in one ``accept_many`` transaction.
+        """``commit`` for the event loop: the messages prepared in one turn of the loop go to the
+        committer's thread together, as one batch, and are committed in one ``accept_many``
+        transaction (with whatever else waits there).
 
-        Committing on the loop rather than in a committer thread spares every batch the hand-over
-        of the interpreter lock between a busy loop and a writing thread (milliseconds each time);
-        the loop waits for the disk instead, which leaves the core to the other API processes.
+        The loop never waits for the disk: while one batch syncs, it goes on reading, validating and
+        routing the next. On a disk whose fsync takes milliseconds (tens of them when busy), a commit
+        on the loop held every other request back for that long - and on SQLite, where processes take
+        turns at the writer lock, also while another process synced. One hand-over per batch, not per
+        request, keeps the thread's cost small.
         """
-        if isinstance(prepared, ReceivedAcknowledgement) or not self.group_commit:
+        if isinstance(prepared, ReceivedAcknowledgement) or self._committer is None:
             return await anyio.to_thread.run_sync(self.commit, prepared)
         request = self._prepared_request(prepared)
         check_accept_requests([request])
@@ -415,27 +417,23 @@ class Ingress:
         future: asyncio.Future[AcceptResult] = loop.create_future()
         self._on_loop.append((request, future))
         if len(self._on_loop) == 1:
-            loop.call_soon(self._commit_on_loop)
+            loop.call_soon(self._hand_over, loop)
         result = await future
         self._accepted(request, result)
         return self._prepared_reply(prepared, result)
 
-    def _commit_on_loop(self) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the committer what this turn of the loop prepared; answer each once committed."""
         batch, self._on_loop = self._on_loop, []
+        assert self._committer is not None
+
+        def committed(outcomes: Outcomes) -> None:  # on the committer's thread
+            loop.call_soon_threadsafe(_settle, batch, outcomes)
+
         try:
-            results = self.store.accept_many([request for request, _ in batch])
-        except Exception as exc:  # the transaction failed: nobody in it was accepted
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the sender went away; what was committed stays committed
-                continue
-            if isinstance(result, StoreError):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            self._committer.submit_many([request for request, _ in batch], committed)
+        except Exception as exc:  # the service is stopping: nothing of this batch was accepted
+            _settle(batch, exc)
 
     def prepares_inline(self, body: bytes) -> bool:
         """Whether the service may prepare this body on its event loop rather than in a worker thread.
@@ -753,3 +751,15 @@ class Ingress:
             self.store.append_audit(audit.rejected(recorded=self.clock.now(), actor=caller.id, reason=reason))
         except StoreUnavailable:
             pass
+
+
+def _settle(batch: list[tuple[AcceptRequest, asyncio.Future[AcceptResult]]], outcomes: Outcomes) -> None:
+    """Answer the requests of a committed (or failed) batch, on the event loop."""
+    for i, (_, future) in enumerate(batch):
+        if future.done():  # the sender went away; what was committed stays committed
+            continue
+        outcome = outcomes if isinstance(outcomes, BaseException) else outcomes[i]
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

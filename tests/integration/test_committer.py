@@ -145,9 +145,7 @@ def test_an_error_in_its_slot_reaches_only_its_caller(tmp_path: Path) -> None:
     committer = Committer(OneRefused(inner))  # type: ignore[arg-type]
     plain = [request(n) for n in range(8)]
     refused = request(99)
-    refused = AcceptRequest(
-        replace(refused.message, payload=b"refused"), refused.deliveries, refused.audit
-    )
+    refused = AcceptRequest(replace(refused.message, payload=b"refused"), refused.deliveries, refused.audit)
     outcomes: dict[str, object] = {}
     start = threading.Barrier(9)
 
@@ -168,3 +166,58 @@ def test_an_error_in_its_slot_reaches_only_its_caller(tmp_path: Path) -> None:
     assert all(isinstance(outcomes[r.message.id], AcceptResult) for r in plain)
     assert len(inner.list_messages(_all())) == len(plain)
     inner.close()
+
+
+def test_batches_handed_over_whole_are_answered_each_with_its_own_slice(store: CountingStore) -> None:
+    committer = Committer(store, max_batch=8)  # type: ignore[arg-type]
+    answered: dict[int, Any] = {}
+    done, entered = threading.Event(), threading.Event()
+    hold = threading.Lock()
+    hold.acquire()  # the first batch's callback holds the thread: the next ones queue up meanwhile
+    groups = [[request(10 * g + n) for n in range(size)] for g, size in enumerate((1, 3, 5, 2))]
+
+    def callback(g: int) -> Any:
+        def told(outcomes: Any) -> None:
+            if g == 0:
+                entered.set()
+                with hold:
+                    pass
+            answered[g] = outcomes
+            if g == 2:
+                raise RuntimeError("a caller's callback fails")  # the others are still answered
+            if len(answered) == len(groups):
+                done.set()
+
+        return told
+
+    committer.submit_many(groups[0], callback(0))
+    assert entered.wait(30)
+    for g, group in enumerate(groups[1:], start=1):
+        committer.submit_many(group, callback(g))
+    hold.release()
+    assert done.wait(30)
+    committer.close()
+    for g, group in enumerate(groups):
+        outcomes = answered[g]
+        assert [o.message.header_id for o in outcomes] == [r.message.header_id for r in group]
+    # The three groups queued behind the first went into ONE transaction, up to max_batch requests.
+    assert store.batches == [1, 3 + 5, 2]
+    with pytest.raises(ValueError):
+        committer.submit_many([], callback(9))
+
+
+def test_a_failed_transaction_reaches_every_batch_in_it(store: CountingStore) -> None:
+    committer = Committer(store)  # type: ignore[arg-type]
+    store.fail_next = True
+    told = threading.Event()
+    seen: list[Any] = []
+
+    def callback(outcomes: Any) -> None:
+        seen.append(outcomes)
+        told.set()
+
+    committer.submit_many([request(1), request(2)], callback)
+    assert told.wait(30)
+    assert isinstance(seen[0], StoreUnavailable)
+    assert store.inner.list_messages(_all()) == []
+    committer.close()
