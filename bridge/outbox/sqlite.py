@@ -504,10 +504,14 @@ class SqliteOutboxStore:
             return []
         results: list[AcceptResult | StoreError] = []
         with self._write() as conn:
+            # The audit chain's head, read once per batch: each accepted request moves it on.
+            head: str | None = None
             for request in requests:
                 conn.execute("SAVEPOINT accept_request")
                 try:
-                    results.append(self._accept_one(conn, request))
+                    result, after = self._accept_one(conn, request, head)
+                    results.append(result)
+                    head = after
                 except sqlite3.IntegrityError as exc:
                     conn.execute("ROLLBACK TO accept_request")
                     error = StoreError(str(exc))
@@ -516,7 +520,11 @@ class SqliteOutboxStore:
                 conn.execute("RELEASE accept_request")
         return results
 
-    def _accept_one(self, conn: sqlite3.Connection, request: AcceptRequest) -> AcceptResult:
+    def _accept_one(
+        self, conn: sqlite3.Connection, request: AcceptRequest, audit_head: str | None
+    ) -> tuple[AcceptResult, str | None]:
+        """Store one request; returns its result and the audit chain's head after it (``audit_head``:
+        the head before it, None when not known yet)."""
         message, deliveries = request.message, request.deliveries
         ids = {"bundle_id": message.bundle_id, "header_id": message.header_id}
         existing = classify_duplicate(
@@ -528,7 +536,7 @@ class SqliteOutboxStore:
             found = conn.execute(
                 "SELECT id FROM deliveries WHERE message_id = ? ORDER BY seq", (existing.message.id,)
             ).fetchall()
-            return AcceptResult(existing.message, tuple(r[0] for r in found), existing.kind)
+            return AcceptResult(existing.message, tuple(r[0] for r in found), existing.kind), audit_head
         received = _ts(message.received_at)
         conn.execute(
             _Q["insert_message"],
@@ -561,7 +569,7 @@ class SqliteOutboxStore:
                     "next_attempt_at": _ts(delivery.not_before or message.received_at),
                 },
             )
-        self._append_audit(conn, request.audit)
+        entry = self._append_audit(conn, request.audit, audit_head)
         if request.admission is not None:
             conn.execute(_Q["set_admission"], _admission_params(request.admission))
         record = MessageRecord(
@@ -578,7 +586,7 @@ class SqliteOutboxStore:
             payload_purged=False,
             mapping_version=message.mapping_version,
         )
-        return AcceptResult(record, tuple(d.id for d in deliveries), None)
+        return AcceptResult(record, tuple(d.id for d in deliveries), None), entry.hash
 
     def find_by_ids(self, bundle_id: str, header_id: str) -> Duplicate | None:
         """The stored message matching either id, and how it matches; None when both are new."""
@@ -882,9 +890,13 @@ class SqliteOutboxStore:
 
     # -- audit -----------------------------------------------------------------------------------------
 
-    def _append_audit(self, conn: sqlite3.Connection, record: AuditRecord) -> AuditEntry:
-        last = conn.execute(_Q["last_audit_hash"]).fetchone()
-        prev_hash = AUDIT_GENESIS if last is None else last["hash"]
+    def _append_audit(
+        self, conn: sqlite3.Connection, record: AuditRecord, prev_hash: str | None = None
+    ) -> AuditEntry:
+        """Append ``record`` after ``prev_hash`` (the chain's head, when the caller knows it)."""
+        if prev_hash is None:
+            last = conn.execute(_Q["last_audit_hash"]).fetchone()
+            prev_hash = AUDIT_GENESIS if last is None else last["hash"]
         digest = audit_hash(prev_hash, record)
         seq = conn.execute(
             _Q["insert_audit"],
