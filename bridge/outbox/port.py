@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
@@ -278,6 +278,53 @@ class ReceiptMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptCorrelation:
+    """A receipt as ``record_receipts`` recorded it, and what it acknowledges.
+
+    ``match`` is None when the receipt matches no delivery (now or when it was first recorded).
+    ``message`` (the acknowledged message) and ``delivered_at`` (when the acknowledged delivery was
+    delivered, None while it is not) are read for a new match only: a duplicate changes nothing.
+    """
+
+    receipt: NewReceipt
+    match: ReceiptMatch | None
+    message: MessageRecord | None = None
+    delivered_at: datetime | None = None
+
+    @property
+    def new(self) -> bool:
+        """True when this receipt matched a delivery and was not recorded before."""
+        return self.match is not None and not self.match.duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptFollowUp:
+    """What to store with a recorded receipt, in the same transaction.
+
+    ``audit`` is appended when given. ``forward`` (e.g. the receipt queued to the original sender) is
+    accepted - carrying its own audit record - only for a new match; it must be about no citizen
+    (``citizen_key`` None): a receipt is about a message, and no pair lock is taken for it.
+    """
+
+    audit: AuditRecord | None = None
+    forward: AcceptRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedReceipt:
+    """One result of ``record_receipts``: the correlation, and the forward's ``accept`` result (None when
+    nothing was forwarded; the ``StoreError`` when that forward alone failed and was rolled back)."""
+
+    correlation: ReceiptCorrelation
+    forwarded: AcceptResult | StoreError | None = None
+
+
+#: Decides, from what a receipt acknowledges, what is stored with it (``record_receipts``). A pure
+#: function of its argument: the store calls it inside its transaction.
+ReceiptFollowUps = Callable[[ReceiptCorrelation], ReceiptFollowUp]
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryTrace:
     """One delivery with its attempts and receipts, oldest first."""
 
@@ -463,6 +510,21 @@ class OutboxStore(Protocol):
         """Store a receipt and attach it to the delivery it acknowledges; None when none matches."""
         ...
 
+    def record_receipts(
+        self, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """Record several receipts, each as ``record_receipt`` would, in ONE transaction (one commit).
+
+        For each receipt, in order, the store correlates it (a later receipt with the ack id of an
+        earlier one in the batch is its duplicate), calls ``follow_up`` with the correlation and stores
+        what that returns - the audit record, and for a new match the forward - in the same
+        transaction: a receipt is never recorded without its audit record and forward, nor forwarded
+        twice. A forward that fails on its own (an integrity error) is rolled back alone and reported
+        in its slot. When the transaction fails as a whole nothing is stored and the error is raised.
+        Raises ``ValueError`` (nothing stored) when a forward names a citizen.
+        """
+        ...
+
     def receipt_overdue(
         self, now: datetime, wait: timedelta, max_resends: int, limit: int
     ) -> list[DeliveryRecord]:
@@ -475,6 +537,14 @@ class OutboxStore(Protocol):
 
     def message_trace(self, message_id: str) -> MessageTrace | None:
         """The trace of a message by its id or its MessageHeader.id."""
+        ...
+
+    def message_record(self, message_id: str) -> MessageRecord | None:
+        """A message by its id or its MessageHeader.id, without the trace of its deliveries.
+
+        One query, where ``message_trace`` reads every delivery, attempt and receipt: for the delivery
+        path, which needs only who sent a message and about whom.
+        """
         ...
 
     def message_payload(self, message_id: str) -> bytes | None:
@@ -535,6 +605,19 @@ def check_accept_requests(requests: Sequence[AcceptRequest]) -> None:
         destinations = [d.destination for d in request.deliveries]
         if len(set(destinations)) != len(destinations):
             raise ValueError("a message has at most one delivery per destination")
+
+
+def check_receipt_forward(follow_up: ReceiptFollowUp) -> None:
+    """Raise ``ValueError`` when a receipt's forward names a citizen or is not one message to one place.
+
+    Receipts take no pair lock (``record_receipts``); a forward about a citizen would need one.
+    """
+    forward = follow_up.forward
+    if forward is None:
+        return
+    if forward.message.citizen_key is not None:
+        raise ValueError("a receipt's forward is about no citizen (citizen_key must be None)")
+    check_accept_requests([forward])
 
 
 def only_result(results: Sequence[AcceptResult | StoreError]) -> AcceptResult:
