@@ -73,6 +73,7 @@ from bridge.medcom.common import event_code
 from bridge.observability import metrics
 from bridge.outbox.port import (
     AttemptRecord,
+    AuditRecord,
     ClaimedDelivery,
     InvalidTransition,
     LeaseLost,
@@ -503,20 +504,24 @@ class Dispatcher:
         settling: list[_Completed] = []
         try:
             try:
+                # The results and their audit records in one transaction: one commit for the batch.
                 lost = set(
                     self._store.complete_many(
-                        self.worker_id, [(i.job.claimed.id, i.attempt) for i in batch], now
+                        self.worker_id,
+                        [(i.job.claimed.id, i.attempt) for i in batch],
+                        now,
+                        {i.job.claimed.id: self._delivered_record(i, now) for i in batch},
                     )
                 )
             except StoreError as exc:
                 log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
                 return
-            self._audit_delivered([i for i in batch if i.job.claimed.id not in lost], now)
             for item in batch:
                 claimed = item.job.claimed
                 if claimed.id in lost:
                     log.info("delivery %s: lease lost to another worker; this result is dropped", claimed.id)
                     continue
+                metrics.delivery(claimed.destination, "delivered")
                 log.info(
                     "delivery %s of message %s to %s delivered (%s, attempt %d)",
                     claimed.id,
@@ -577,28 +582,19 @@ class Dispatcher:
         if any(not isinstance(h, StoreError) and h.status == "forwarded" for h in handled):
             self._wake.set()  # the forwards are due at once; do not wait for the next poll
 
-    def _audit_delivered(self, batch: list[_Completed], now: datetime) -> None:
-        """One audit record per delivered delivery, the batch in one transaction (one commit)."""
-        records = []
-        for item in batch:
-            claimed = item.job.claimed
-            metrics.delivery(claimed.destination, "delivered")
-            records.append(
-                audit.delivery_outcome(
-                    recorded=now,
-                    actor=self.worker_id,
-                    destination=claimed.destination,
-                    message_id=claimed.message_id,
-                    header_id=claimed.header_id,
-                    outcome="delivered",
-                    citizen_key=claimed.citizen_key,
-                    reason=item.attempt.detail or None,
-                )
-            )
-        try:
-            self._store.append_audit_many(records)
-        except StoreError as exc:  # the deliveries stand; the trace still records each attempt
-            log.warning("%d delivery audit records not stored (%s)", len(records), type(exc).__name__)
+    def _delivered_record(self, item: _Completed, now: datetime) -> AuditRecord:
+        """The audit record of a delivered delivery (stored with its result, in the same transaction)."""
+        claimed = item.job.claimed
+        return audit.delivery_outcome(
+            recorded=now,
+            actor=self.worker_id,
+            destination=claimed.destination,
+            message_id=claimed.message_id,
+            header_id=claimed.header_id,
+            outcome="delivered",
+            citizen_key=claimed.citizen_key,
+            reason=item.attempt.detail or None,
+        )
 
     def _dead_letter(
         self,

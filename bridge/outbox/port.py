@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
@@ -466,12 +466,18 @@ class OutboxStore(Protocol):
         ...
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
         """``complete`` for several deliveries in ONE transaction (one commit for a batch).
 
         Returns the ids no longer leased to ``worker_id`` (lease lost, or unknown); those are left
-        unchanged, the others are delivered with their attempt recorded.
+        unchanged, the others are delivered with their attempt recorded. ``audit`` holds an audit
+        record by delivery id: each delivery this call completes has its record appended in the same
+        transaction, in the order of ``completed`` (a lost one has none: its result does not count).
         """
         ...
 
@@ -678,7 +684,13 @@ def verify_audit_chain(entries: Sequence[AuditEntry], prev_hash: str = AUDIT_GEN
 
 
 def format_timestamp(when: datetime) -> str:
-    """A fixed-width UTC text form that sorts like time (microseconds always written)."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("timestamps in the store must be timezone-aware")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A fixed-width UTC text form that sorts like time (microseconds always written).
+
+    ``isoformat`` rather than ``strftime``: the same text (``2026-03-01T09:30:15.123456Z``) for a
+    fraction of the cost, and the store writes several timestamps per delivery.
+    """
+    if when.tzinfo is not UTC:
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("timestamps in the store must be timezone-aware")
+        when = when.astimezone(UTC)
+    return when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

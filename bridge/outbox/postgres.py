@@ -564,14 +564,25 @@ class PostgresOutboxStore:
             self._recompute_heads(cur, pairs)
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
-        """``complete`` for several deliveries in one transaction; returns the ids whose lease was lost."""
+        """``complete`` for several deliveries in one transaction, with the audit records of those it
+        completes; returns the ids whose lease was lost.
+
+        The audit lock is taken after the pair locks and before any row changes, as ``accept_many``
+        takes them, so the two never wait on each other in a cycle.
+        """
         lost: list[str] = []
         if not completed:
             return lost
         with self._tx() as cur:
             pairs = self._lock_pairs_of(cur, [delivery_id for delivery_id, _ in completed])
+            if audit:
+                cur.execute(_Q["lock_audit"])
             for delivery_id, attempt in completed:
                 params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
                 if cur.execute(_Q["complete"], params).rowcount == 1:
@@ -579,6 +590,12 @@ class PostgresOutboxStore:
                 else:
                     lost.append(delivery_id)
             self._recompute_heads(cur, pairs)
+            if audit:
+                gone = set(lost)
+                for delivery_id, _ in completed:
+                    record = audit.get(delivery_id)
+                    if record is not None and delivery_id not in gone:
+                        self._append_audit(cur, record, locked=True)
         return lost
 
     def schedule_retry(

@@ -659,16 +659,22 @@ class SqliteOutboxStore:
             _recompute_heads(conn, [pair])
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
-        """``complete`` for several deliveries in one transaction; returns the ids whose lease was lost."""
+        """``complete`` for several deliveries in one transaction, with the audit records of those it
+        completes; returns the ids whose lease was lost."""
         lost: list[str] = []
         if not completed:
             return lost
         pairs: set[tuple[str | None, str]] = set()
+        stamp = _ts(now)
         with self._write() as conn:
             for delivery_id, attempt in completed:
-                params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
+                params = {"id": delivery_id, "worker_id": worker_id, "now": stamp}
                 changed = conn.execute(_Q["complete"], params).fetchall()
                 if changed:
                     pairs.add((changed[0]["citizen_key"], changed[0]["destination"]))
@@ -676,6 +682,12 @@ class SqliteOutboxStore:
                 else:
                     lost.append(delivery_id)
             _recompute_heads(conn, pairs)
+            if audit:
+                gone = set(lost)
+                for delivery_id, _ in completed:
+                    record = audit.get(delivery_id)
+                    if record is not None and delivery_id not in gone:
+                        self._append_audit(conn, record)
         return lost
 
     def schedule_retry(

@@ -528,6 +528,36 @@ def test_complete_many_delivers_a_batch_and_names_the_lost_leases(
     assert store.complete_many("w1", [], clock.now()) == []
 
 
+def test_complete_many_appends_the_audit_records_of_what_it_completes_in_the_same_transaction(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        store.accept(*messages.build())
+    first, second, third = store.claim_due("w1", clock.now(), LEASE, limit=3)
+    store.release(third.id, "w1", clock.now())  # its lease is gone: no result, no audit record
+    before = len(store.read_audit(limit=100))
+
+    def record(delivery_id: str) -> AuditRecord:
+        return AuditRecord(clock.now(), "delivery.delivered", "w1", delivery_id.encode(), None)
+
+    lost = store.complete_many(
+        "w1",
+        [(second.id, ok(clock)), (third.id, ok(clock)), (first.id, ok(clock))],
+        clock.now(),
+        {d.id: record(d.id) for d in (first, second, third)},
+    )
+
+    assert lost == [third.id]
+    trail = store.read_audit(limit=100)
+    assert [e.record.body for e in trail[before:]] == [second.id.encode(), first.id.encode()]
+    assert verify_audit_chain(trail) is None
+    # Without records nothing more is audited.
+    store.accept(*messages.build())
+    (fourth,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    assert store.complete_many("w1", [(fourth.id, ok(clock))], clock.now(), {}) == []
+    assert len(store.read_audit(limit=100)) == len(trail) + 1  # the accept's record only
+
+
 def test_schedule_retry_makes_the_delivery_due_later(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:
