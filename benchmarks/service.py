@@ -125,6 +125,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc/PID/stat), in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; fields start after it
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (the API processes of ``listen.processes``), from /proc."""
     found = []
@@ -472,6 +482,10 @@ def received_count(port: int) -> int:
     return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["messages"])
 
 
+def received_receipts(port: int) -> int:
+    return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["receipts"])
+
+
 def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     port, receiver_port, hospital_port = free_port(), free_port(), free_port()
     config = bridge_config(directory, port, receiver_port, hospital_port, args.processes)
@@ -502,15 +516,25 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
         started = time.perf_counter()
         deadline = started + max(120.0, backlog / 50)
         count = 0
+        first: tuple[int, float] | None = None  # (delivered, worker CPU s) when the first arrived
         while time.perf_counter() < deadline:
             count = received_count(receiver_port)
+            if first is None and count:
+                first = (count, cpu_seconds(worker.pid))
             if count >= backlog:
                 break
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
-        receipts = len(
-            httpx.get(f"http://127.0.0.1:{hospital_port}/_sim/state", timeout=10).json()["receipts"]
-        )
+        cpu = cpu_seconds(worker.pid)
+        receipts = received_receipts(hospital_port)
+        # Then until every receipt has reached the sender too: all the work one message makes.
+        settle_deadline = time.perf_counter() + 60
+        receipts_end = receipts
+        while receipts_end < count and time.perf_counter() < settle_deadline:
+            time.sleep(0.2)
+            receipts_end = received_receipts(hospital_port)
+        all_elapsed = time.perf_counter() - started
+        all_cpu = cpu_seconds(worker.pid)
     finally:
         stop(worker)
         stop(sim)
@@ -523,8 +547,23 @@ def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namesp
             "seconds": round(elapsed, 3),
             "per_second": round(count / elapsed, 1) if elapsed else None,
             "receipts_forwarded_to_sender_by_then": receipts,
+            "receipts_forwarded_by_the_end": receipts_end,
+            "seconds_until_every_receipt_forwarded": round(all_elapsed, 3),
+            "worker_cpu_s": round(cpu, 2),
+            "worker_cpu_ms_per_delivery": round(1000 * cpu / count, 2) if count else None,
+            # Without the worker's start-up (imports, migrations): from the first delivery on.
+            "worker_cpu_ms_per_delivery_after_first": (
+                round(1000 * (cpu - first[1]) / (count - first[0]), 2)
+                if first is not None and count > first[0]
+                else None
+            ),
+            # All the worker's CPU for one message: its delivery and the forwarding of its receipt.
+            "worker_cpu_ms_per_message_and_receipt": (
+                round(1000 * all_cpu / count, 2) if count and receipts_end >= count else None
+            ),
             "note": "time from worker start (process start-up included) until the receiver has them all; "
-            "each delivery also forwards the receiver's Acknowledgement to the sender",
+            "each delivery also forwards the receiver's Acknowledgement to the sender; worker CPU is "
+            "utime + stime of the worker process, per message delivered to the receiver",
         },
     }
 

@@ -14,8 +14,12 @@ One round (``run_once``, or each turn of the background loop that ``start`` runs
 3. **Deliver** each on a small thread pool (the work is waiting on sockets; a store call is short):
    POST, classify (``outcome.classify``), decide (``policy.decide`` with the destination's policy),
    and ``complete`` / ``schedule_retry`` / ``dead_letter``, each recording the attempt (time, status,
-   latency; never a body). A receiver's synchronous Acknowledgement is handled like a posted one;
+   latency; never a body). Delivered results are stored by a group commit (``complete_many``), and the
+   receivers' synchronous Acknowledgements of that batch are then recorded, audited and forwarded
+   together in one store transaction (``receipts.handle_acknowledgements``) - as a posted one would be;
    receipts a receiver does not send itself are produced on its behalf (``receipts.queue_receipt``).
+   A delivery's place (its thread and its share of the destination's claims) is given back only
+   once its receipt is handled, so receipt work can never fall behind the posts without bound.
 
 At-least-once: a worker that dies holding a lease loses it when the lease expires and another
 claims the delivery again; a result that arrives after the lease was lost is dropped (``LeaseLost``),
@@ -54,8 +58,10 @@ from bridge.clock import Clock
 from bridge.delivery.outcome import Delivered, DeliveryOutcome, Permanent, Transient, classify
 from bridge.delivery.policy import DeadLetter, RetryAt, decide
 from bridge.delivery.receipts import (
-    handle_acknowledgement,
+    ReceivedAcknowledgement,
+    handle_acknowledgements,
     queue_receipt,
+    read_acknowledgement,
     resend_envelope,
 )
 from bridge.delivery.transport import PostResult, Transport
@@ -67,6 +73,7 @@ from bridge.medcom.common import event_code
 from bridge.observability import metrics
 from bridge.outbox.port import (
     AttemptRecord,
+    AuditRecord,
     ClaimedDelivery,
     InvalidTransition,
     LeaseLost,
@@ -82,8 +89,9 @@ log = logging.getLogger("bridge.delivery")
 NO_RECEIPT = "no receipt"
 #: Upper bound on delivery threads; deliveries wait on sockets, not on the CPU.
 MAX_THREADS = 64
-#: Threads that handle receipts after a batch of deliveries is stored (record, forward, produce one on a
-#: receiver's behalf). Their store writes run side by side, so the store commits them together.
+#: Threads that handle the receipts of stored batches of deliveries (record and forward them, one store
+#: transaction per batch; produce one on a receiver's behalf). Several batches' writes run side by side,
+#: so the store commits them together.
 RECEIPT_THREADS = 8
 #: Claimed deliveries a destination may hold per unit of its concurrency limit (posting + waiting).
 CLAIM_AHEAD = 2
@@ -493,23 +501,27 @@ class Dispatcher:
                 logging.shutdown()
                 os._exit(137)
         now = self._clock.now()
-        settling: set[str] = set()
+        settling: list[_Completed] = []
         try:
             try:
+                # The results and their audit records in one transaction: one commit for the batch.
                 lost = set(
                     self._store.complete_many(
-                        self.worker_id, [(i.job.claimed.id, i.attempt) for i in batch], now
+                        self.worker_id,
+                        [(i.job.claimed.id, i.attempt) for i in batch],
+                        now,
+                        {i.job.claimed.id: self._delivered_record(i, now) for i in batch},
                     )
                 )
             except StoreError as exc:
                 log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
                 return
-            self._audit_delivered([i for i in batch if i.job.claimed.id not in lost], now)
             for item in batch:
                 claimed = item.job.claimed
                 if claimed.id in lost:
                     log.info("delivery %s: lease lost to another worker; this result is dropped", claimed.id)
                     continue
+                metrics.delivery(claimed.destination, "delivered")
                 log.info(
                     "delivery %s of message %s to %s delivered (%s, attempt %d)",
                     claimed.id,
@@ -518,47 +530,71 @@ class Dispatcher:
                     item.attempt.detail,
                     claimed.attempt,
                 )
-                # The receipt work leaves this thread, which goes on storing the next batch; the job
-                # is finished (its capacity given back) once its receipt is handled.
-                self._settle_pool.submit(self._settle, item)
-                settling.add(claimed.id)
+                settling.append(item)
+            if settling:
+                # The receipt work leaves this thread, which goes on storing the next batch; the jobs
+                # are finished (their capacity given back) once their receipts are handled.
+                self._settle_pool.submit(self._settle, settling)
+        except BaseException:
+            settling = []
+            raise
         finally:
+            handed = {i.job.claimed.id for i in settling}
             for item in batch:
-                if item.job.claimed.id not in settling:
+                if item.job.claimed.id not in handed:
                     self._finish(item.job)
 
-    def _settle(self, item: _Completed) -> None:
-        """After a delivered delivery is stored: its receipt (forward the receiver's, or make one)."""
-        claimed = item.job.claimed
-        try:
-            self._after_delivered(claimed, item.system, item.post)
-        except Exception as exc:  # the delivery stands; only the receipt work failed
-            log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
-        finally:
-            self._finish(item.job)
+    def _settle(self, batch: list[_Completed]) -> None:
+        """After delivered deliveries are stored: their receipts (forward the receivers', or make them).
 
-    def _audit_delivered(self, batch: list[_Completed], now: datetime) -> None:
-        """One audit record per delivered delivery, the batch in one transaction (one commit)."""
-        records = []
-        for item in batch:
-            claimed = item.job.claimed
-            metrics.delivery(claimed.destination, "delivered")
-            records.append(
-                audit.delivery_outcome(
-                    recorded=now,
-                    actor=self.worker_id,
-                    destination=claimed.destination,
-                    message_id=claimed.message_id,
-                    header_id=claimed.header_id,
-                    outcome="delivered",
-                    citizen_key=claimed.citizen_key,
-                    reason=item.attempt.detail or None,
-                )
-            )
+        The receivers' Acknowledgements of the whole batch are read here and recorded in one store
+        transaction (with their audit records and forwards): one commit for the batch where one per
+        receipt would make the receipt work, not the posts, set the pace of delivery.
+        """
         try:
-            self._store.append_audit_many(records)
-        except StoreError as exc:  # the deliveries stand; the trace still records each attempt
-            log.warning("%d delivery audit records not stored (%s)", len(records), type(exc).__name__)
+            received: list[ReceivedAcknowledgement] = []
+            for item in batch:
+                try:
+                    ack = self._after_delivered(item.job.claimed, item.system, item.post)
+                except Exception as exc:  # the delivery stands; only the receipt work failed
+                    log.error(
+                        "delivery %s: receipt handling failed (%s)", item.job.claimed.id, type(exc).__name__
+                    )
+                    continue
+                if ack is not None:
+                    received.append(ack)
+            self._record_acknowledgements(received)
+        finally:
+            for item in batch:
+                self._finish(item.job)
+
+    def _record_acknowledgements(self, received: list[ReceivedAcknowledgement]) -> None:
+        if not received:
+            return
+        try:
+            handled = handle_acknowledgements(self._settings, self._store, self._clock, received)
+        except StoreError as exc:  # the deliveries stand; a missing receipt is resent for in time
+            log.warning("%d synchronous receipts not stored (%s)", len(received), type(exc).__name__)
+            return
+        except Exception as exc:
+            log.error("%d synchronous receipts: handling failed (%s)", len(received), type(exc).__name__)
+            return
+        if any(not isinstance(h, StoreError) and h.status == "forwarded" for h in handled):
+            self._wake.set()  # the forwards are due at once; do not wait for the next poll
+
+    def _delivered_record(self, item: _Completed, now: datetime) -> AuditRecord:
+        """The audit record of a delivered delivery (stored with its result, in the same transaction)."""
+        claimed = item.job.claimed
+        return audit.delivery_outcome(
+            recorded=now,
+            actor=self.worker_id,
+            destination=claimed.destination,
+            message_id=claimed.message_id,
+            header_id=claimed.header_id,
+            outcome="delivered",
+            citizen_key=claimed.citizen_key,
+            reason=item.attempt.detail or None,
+        )
 
     def _dead_letter(
         self,
@@ -586,8 +622,8 @@ class Dispatcher:
     ) -> None:
         now = self._clock.now()
         metrics.dead_letter(destination)
-        trace = self._store.message_trace(message_id)
-        header_id = trace.message.header_id if trace is not None else message_id
+        original = self._store.message_record(message_id)
+        header_id = original.header_id if original is not None else message_id
         self._store.append_audit(
             audit.delivery_outcome(
                 recorded=now,
@@ -620,27 +656,26 @@ class Dispatcher:
 
     def _after_delivered(
         self, claimed: ClaimedDelivery, system: System | None, post: PostResult | None
-    ) -> None:
+    ) -> ReceivedAcknowledgement | None:
+        """The receiver's synchronous Acknowledgement to record, if it sent one; a receipt on the
+        receiver's behalf is queued here for a receiver that sends none."""
         if system is None:
-            return
+            return None
         if system.format != "fhir":
             # A municipal-v1 receiver sends no MedCom receipt: the bridge answers for it.
             self._queue_receipt(claimed.message_id, system.id, "ok")
-            return
+            return None
         if post is None or not post.body or not isinstance(post.result, httpx.Response):
-            return
+            return None
         try:
             content_type = post.result.headers.get("content-type")
             answer = parse_fhir(post.body, sniff_format(post.body, content_type))
             if event_code(answer) != ACKNOWLEDGEMENT_EVENT:
-                return  # e.g. an OperationOutcome; the receipt may still come by a POST of its own
-            handling = handle_acknowledgement(
-                self._settings, self._store, self._clock, answer, from_system=system.id
-            )
+                return None  # e.g. an OperationOutcome; the receipt may still come by a POST of its own
+            return read_acknowledgement(answer, from_system=system.id)
         except InvalidInput:
             log.warning("delivery %s: the response body is no readable receipt; ignored", claimed.id)
-            return
-        log.debug("delivery %s: synchronous receipt %s", claimed.id, handling.status)
+            return None
 
     def _release(self, claimed: ClaimedDelivery) -> None:
         try:

@@ -2,11 +2,15 @@
 
 Three jobs, all on top of the outbox store:
 
-- **Received Acknowledgements** (``handle_acknowledgement``): a FHIR receiver answers a delivery with a
-  MedCom Acknowledgement, in the POST's response or later in a POST of its own. The bridge records it
-  against the delivery it acknowledges and forwards it, unchanged, to the system that sent the
-  original message - when that system speaks FHIR. A system that speaks municipal-v1 has no use for
-  a MedCom receipt; it follows its message's state through ``GET /messages/{id}``.
+- **Received Acknowledgements** (``handle_acknowledgement``, ``handle_acknowledgements`` for a batch): a
+  FHIR receiver answers a delivery with a MedCom Acknowledgement, in the POST's response or later in a
+  POST of its own. The bridge records it against the delivery it acknowledges and forwards it,
+  unchanged, to the system that sent the original message - when that system speaks FHIR. A system
+  that speaks municipal-v1 has no use for a MedCom receipt; it follows its message's state through
+  ``GET /messages/{id}``. What is stored with a receipt (its audit record, the forward) is decided by a
+  pure function (``receipt_follow_up``) that the store calls inside the one transaction recording the
+  receipt (``OutboxStore.record_receipts``): a receipt is never recorded without its audit record and
+  forward, whatever crashes, and a batch of them costs one commit.
 - **Receipts on a receiver's behalf** (``queue_receipt``): a receiver that speaks municipal-v1 sends
   no MedCom receipts, so the bridge builds one for the original sender from the original message:
   ``ok`` when the receiver took it, ``fatal-error`` when it refused it, ``transient-error`` when the
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,14 +55,17 @@ from bridge.medcom.acknowledgement import (
 from bridge.medcom.common import derived_id, event_code, fhir_datetime, read_message, read_provenances
 from bridge.observability import metrics
 from bridge.outbox.port import (
+    AcceptRequest,
     AcceptResult,
     AuditRecord,
-    MessageRecord,
     NewDelivery,
     NewMessage,
     NewReceipt,
     OutboxStore,
+    ReceiptCorrelation,
+    ReceiptFollowUp,
     ReceiptMatch,
+    RecordedReceipt,
     StoreError,
 )
 from bridge.settings import Settings
@@ -88,53 +95,129 @@ class ReceiptHandling:
     forwarded: AcceptResult | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedAcknowledgement:
+    """A readable MedCom Acknowledgement from ``from_system``, ready to be recorded.
+
+    ``payload`` is what a forward carries (the Acknowledgement as JSON), serialised before the store's
+    transaction rather than inside it.
+    """
+
+    receipt: Receipt
+    from_system: str
+    payload: bytes
+
+
+def read_acknowledgement(ack: dict[str, Any], *, from_system: str) -> ReceivedAcknowledgement:
+    """Read a MedCom Acknowledgement; raises ``InvalidMessage`` (naming each problem) when it is none."""
+    return ReceivedAcknowledgement(parse_acknowledgement(ack), from_system, orjson.dumps(ack))
+
+
 def handle_acknowledgement(
     settings: Settings, store: OutboxStore, clock: Clock, ack: dict[str, Any], *, from_system: str
 ) -> ReceiptHandling:
     """Record a MedCom Acknowledgement received from ``from_system`` and forward it to the original sender.
 
     Raises ``InvalidMessage`` (with an Outcome naming each problem) when ``ack`` is no readable
-    Acknowledgement.
+    Acknowledgement, and the ``StoreError`` of a forward that could not be stored.
     """
-    receipt = parse_acknowledgement(ack)
-    now = clock.now()
-    match = store.record_receipt(
-        NewReceipt(
-            ack_header_id=receipt.header_id,
-            acknowledged_header_id=receipt.acknowledged_id,
-            from_system=from_system,
-            code=receipt.code,
-            received_at=now,
-        )
+    (handled,) = handle_acknowledgements(
+        settings, store, clock, [read_acknowledgement(ack, from_system=from_system)]
     )
-    if match is None:
-        log.info("receipt %s from %s matches no delivery", receipt.header_id, from_system)
-        _audit_receipt(store, receipt, from_system, now, None, None, "unmatched")
-        return ReceiptHandling("unmatched", receipt)
-    if match.duplicate:
-        log.info("receipt %s from %s seen before; ignored", receipt.header_id, from_system)
-        _audit_receipt(store, receipt, from_system, now, match, None, "duplicate")
-        return ReceiptHandling("duplicate", receipt, match)
-    trace = store.message_trace(match.message_id)
-    original = None if trace is None else trace.message
-    for delivery in trace.deliveries if trace is not None else ():
-        if delivery.delivery.id == match.delivery_id and delivery.delivery.delivered_at is not None:
-            metrics.receipt_latency(from_system, (now - delivery.delivery.delivered_at).total_seconds())
+    if isinstance(handled, StoreError):
+        raise handled
+    return handled
+
+
+def handle_acknowledgements(
+    settings: Settings, store: OutboxStore, clock: Clock, received: Sequence[ReceivedAcknowledgement]
+) -> list[ReceiptHandling | StoreError]:
+    """Record received Acknowledgements, their audit records and forwards in ONE store transaction.
+
+    Each is handled as ``handle_acknowledgement`` says (``receipt_follow_up`` decides what is stored
+    with it); one result per Acknowledgement, in order, or the ``StoreError`` of a forward that alone
+    failed. Raises ``StoreError`` when nothing could be stored. The dispatcher hands over the receipts
+    of a whole batch of deliveries at once: one commit instead of several per receipt.
+    """
+    if not received:
+        return []
+    now = clock.now()
+    # The first of several with one ack id is the one recorded (the others are its duplicates), so
+    # the first one's envelope is what a forward carries.
+    first: dict[tuple[str, str], ReceivedAcknowledgement] = {}
+    for r in received:
+        first.setdefault((r.receipt.header_id, r.from_system), r)
+
+    def follow_up(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        key = (correlation.receipt.ack_header_id, correlation.receipt.from_system)
+        return receipt_follow_up(settings, first[key], correlation, now)
+
+    recorded = store.record_receipts([new_receipt(r, now) for r in received], follow_up)
+    results: list[ReceiptHandling | StoreError] = []
+    for item, done in zip(received, recorded, strict=True):
+        results.append(_handled(settings, item, done, now))
+    return results
+
+
+def new_receipt(received: ReceivedAcknowledgement, now: datetime) -> NewReceipt:
+    """The store's record of a received Acknowledgement."""
+    receipt = received.receipt
+    return NewReceipt(
+        ack_header_id=receipt.header_id,
+        acknowledged_header_id=receipt.acknowledged_id,
+        from_system=received.from_system,
+        code=receipt.code,
+        received_at=now,
+    )
+
+
+def receipt_status(settings: Settings, correlation: ReceiptCorrelation) -> HandlingStatus:
+    """What becomes of a recorded receipt: forwarded only when it is new, matched, and its message's
+    sender speaks FHIR (a municipal-v1 sender follows its message through ``GET /messages/{id}``)."""
+    if correlation.match is None:
+        return "unmatched"
+    if correlation.match.duplicate:
+        return "duplicate"
+    original = correlation.message
     if original is None or not _speaks_fhir(settings, original.sender):
-        _audit_receipt(store, receipt, from_system, now, match, original, "recorded")
-        return ReceiptHandling("recorded", receipt, match)
+        return "recorded"
+    return "forwarded"
+
+
+def receipt_follow_up(
+    settings: Settings, received: ReceivedAcknowledgement, correlation: ReceiptCorrelation, now: datetime
+) -> ReceiptFollowUp:
+    """What the store keeps with a recorded receipt: its audit record, and the forward to the sender.
+
+    Pure: the store calls it inside its transaction, once it knows what the receipt acknowledges.
+    """
+    receipt, from_system = received.receipt, received.from_system
+    status = receipt_status(settings, correlation)
+    match, original = correlation.match, correlation.message
+    if status != "forwarded" or match is None or original is None:
+        return ReceiptFollowUp(
+            audit=audit.receipt_received(
+                recorded=now,
+                from_system=from_system,
+                ack_header_id=receipt.header_id,
+                acknowledged_header_id=receipt.acknowledged_id,
+                code=receipt.code,
+                message_id=match.message_id if match is not None else None,
+                citizen_key=original.citizen_key if status == "recorded" and original is not None else None,
+                status=status,
+            )
+        )
     message = NewMessage(
         bundle_id=receipt.bundle_id,
         header_id=receipt.header_id,
         sender=from_system,
         kind=ACKNOWLEDGEMENT_KIND,
         citizen_key=None,
-        payload=orjson.dumps(ack),
+        payload=received.payload,
         content_type=FHIR_JSON,
         received_at=now,
     )
-    # One record tells both the receipt and its forwarding, written in the forward's own transaction
-    # (a separate commit per receipt would cost a whole fsync on the delivery path).
+    # One record tells both the receipt and its forwarding, written in the forward's own transaction.
     record = audit.receipt_received(
         recorded=now,
         from_system=from_system,
@@ -146,15 +229,37 @@ def handle_acknowledgement(
         status="forwarded",
         forwarded_to=original.sender,
     )
-    result = _queue(store, message, original.sender, from_system, now, record)
+    return ReceiptFollowUp(forward=_forward_request(message, original.sender, record))
+
+
+def _handled(
+    settings: Settings, received: ReceivedAcknowledgement, done: RecordedReceipt, now: datetime
+) -> ReceiptHandling | StoreError:
+    """The handling of one recorded receipt, with its log line and receipt-latency metric."""
+    correlation, receipt, from_system = done.correlation, received.receipt, received.from_system
+    status = receipt_status(settings, correlation)
+    if status == "unmatched":
+        log.info("receipt %s from %s matches no delivery", receipt.header_id, from_system)
+        return ReceiptHandling("unmatched", receipt)
+    if status == "duplicate":
+        log.info("receipt %s from %s seen before; ignored", receipt.header_id, from_system)
+        return ReceiptHandling("duplicate", receipt, correlation.match)
+    if correlation.delivered_at is not None:
+        metrics.receipt_latency(from_system, (now - correlation.delivered_at).total_seconds())
+    if status == "recorded":
+        return ReceiptHandling("recorded", receipt, correlation.match)
+    if isinstance(done.forwarded, StoreError):
+        log.warning("receipt %s: forward not stored (%s)", receipt.header_id, type(done.forwarded).__name__)
+        return done.forwarded
+    original = correlation.message
     log.info(
         "receipt %s (%s) for message %s forwarded to %s",
         receipt.header_id,
         receipt.code,
-        original.id,
-        original.sender,
+        original.id if original is not None else None,
+        original.sender if original is not None else None,
     )
-    return ReceiptHandling("forwarded", receipt, match, result)
+    return ReceiptHandling("forwarded", receipt, correlation.match, done.forwarded)
 
 
 def receipt_ids(acknowledged_header_id: str, receiver: str, code: AckCode) -> tuple[str, str]:
@@ -193,7 +298,7 @@ def queue_receipt(
     message (or is itself an Acknowledgement, KR2.R), or its payload was purged. Queuing the same
     event twice stores it once (the second result is a duplicate).
     """
-    original = _message(store, message_id)
+    original = store.message_record(message_id)
     if original is None or original.kind == ACKNOWLEDGEMENT_KIND:
         return None
     if not _speaks_fhir(settings, original.sender):
@@ -267,41 +372,15 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-def _audit_receipt(
-    store: OutboxStore,
-    receipt: Any,
-    from_system: str,
-    now: datetime,
-    match: ReceiptMatch | None,
-    original: MessageRecord | None,
-    status: str,
-) -> None:
-    """Audit a received Acknowledgement (best effort: the receipt itself is stored already)."""
-    try:
-        store.append_audit(
-            audit.receipt_received(
-                recorded=now,
-                from_system=from_system,
-                ack_header_id=receipt.header_id,
-                acknowledged_header_id=receipt.acknowledged_id,
-                code=receipt.code,
-                message_id=match.message_id if match is not None else None,
-                citizen_key=original.citizen_key if original is not None else None,
-                status=status,
-            )
-        )
-    except StoreError as exc:
-        log.warning("receipt %s: audit record not stored (%s)", receipt.header_id, type(exc).__name__)
-
-
-def _message(store: OutboxStore, message_id: str) -> MessageRecord | None:
-    trace = store.message_trace(message_id)
-    return None if trace is None else trace.message
-
-
 def _speaks_fhir(settings: Settings, system_id: str) -> bool:
     system = settings.system(system_id)
     return system is not None and system.format == "fhir"
+
+
+def _forward_request(message: NewMessage, to: str, record: AuditRecord) -> AcceptRequest:
+    """``message`` (a receipt) as one delivery to ``to``, with its audit record."""
+    delivery = NewDelivery(destination=to, payload=message.payload, content_type=FHIR_JSON)
+    return AcceptRequest(message, [delivery], record)
 
 
 def _queue(
@@ -321,16 +400,22 @@ def _queue(
         citizen_key=None,
         destinations=(to,),
     )
-    delivery = NewDelivery(destination=to, payload=message.payload, content_type=FHIR_JSON)
-    return store.accept(message, [delivery], record)
+    request = _forward_request(message, to, record)
+    return store.accept(request.message, request.deliveries, request.audit)
 
 
 __all__ = [
     "ACKNOWLEDGEMENT_KIND",
     "ReceiptHandling",
+    "ReceivedAcknowledgement",
     "handle_acknowledgement",
+    "handle_acknowledgements",
+    "new_receipt",
     "queue_receipt",
+    "read_acknowledgement",
+    "receipt_follow_up",
     "receipt_ids",
     "receipt_issues",
+    "receipt_status",
     "resend_envelope",
 ]

@@ -47,6 +47,11 @@ from bridge.outbox.port import (
     ClaimedDelivery,
     NewDelivery,
     NewMessage,
+    NewReceipt,
+    ReceiptCorrelation,
+    ReceiptFollowUp,
+    ReceiptFollowUps,
+    RecordedReceipt,
     StoreError,
 )
 
@@ -175,6 +180,20 @@ class EncryptingStore:
     def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptResult | StoreError]:
         """``OutboxStore.accept_many`` with every payload sealed."""
         results: list[AcceptResult | StoreError] = self.inner.accept_many([self._sealed(r) for r in requests])
+        return results
+
+    def record_receipts(
+        self, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """``OutboxStore.record_receipts`` with the payloads of every forward sealed."""
+
+        def sealed(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+            then = follow_up(correlation)
+            if then.forward is None:
+                return then
+            return replace(then, forward=self._sealed(then.forward))
+
+        results: list[RecordedReceipt] = self.inner.record_receipts(receipts, sealed)
         return results
 
     def claim_due(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
@@ -278,6 +278,53 @@ class ReceiptMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptCorrelation:
+    """A receipt as ``record_receipts`` recorded it, and what it acknowledges.
+
+    ``match`` is None when the receipt matches no delivery (now or when it was first recorded).
+    ``message`` (the acknowledged message) and ``delivered_at`` (when the acknowledged delivery was
+    delivered, None while it is not) are read for a new match only: a duplicate changes nothing.
+    """
+
+    receipt: NewReceipt
+    match: ReceiptMatch | None
+    message: MessageRecord | None = None
+    delivered_at: datetime | None = None
+
+    @property
+    def new(self) -> bool:
+        """True when this receipt matched a delivery and was not recorded before."""
+        return self.match is not None and not self.match.duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptFollowUp:
+    """What to store with a recorded receipt, in the same transaction.
+
+    ``audit`` is appended when given. ``forward`` (e.g. the receipt queued to the original sender) is
+    accepted - carrying its own audit record - only for a new match; it must be about no citizen
+    (``citizen_key`` None): a receipt is about a message, and no pair lock is taken for it.
+    """
+
+    audit: AuditRecord | None = None
+    forward: AcceptRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedReceipt:
+    """One result of ``record_receipts``: the correlation, and the forward's ``accept`` result (None when
+    nothing was forwarded; the ``StoreError`` when that forward alone failed and was rolled back)."""
+
+    correlation: ReceiptCorrelation
+    forwarded: AcceptResult | StoreError | None = None
+
+
+#: Decides, from what a receipt acknowledges, what is stored with it (``record_receipts``). A pure
+#: function of its argument: the store calls it inside its transaction.
+ReceiptFollowUps = Callable[[ReceiptCorrelation], ReceiptFollowUp]
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryTrace:
     """One delivery with its attempts and receipts, oldest first."""
 
@@ -419,12 +466,18 @@ class OutboxStore(Protocol):
         ...
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
         """``complete`` for several deliveries in ONE transaction (one commit for a batch).
 
         Returns the ids no longer leased to ``worker_id`` (lease lost, or unknown); those are left
-        unchanged, the others are delivered with their attempt recorded.
+        unchanged, the others are delivered with their attempt recorded. ``audit`` holds an audit
+        record by delivery id: each delivery this call completes has its record appended in the same
+        transaction, in the order of ``completed`` (a lost one has none: its result does not count).
         """
         ...
 
@@ -463,6 +516,21 @@ class OutboxStore(Protocol):
         """Store a receipt and attach it to the delivery it acknowledges; None when none matches."""
         ...
 
+    def record_receipts(
+        self, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """Record several receipts, each as ``record_receipt`` would, in ONE transaction (one commit).
+
+        For each receipt, in order, the store correlates it (a later receipt with the ack id of an
+        earlier one in the batch is its duplicate), calls ``follow_up`` with the correlation and stores
+        what that returns - the audit record, and for a new match the forward - in the same
+        transaction: a receipt is never recorded without its audit record and forward, nor forwarded
+        twice. A forward that fails on its own (an integrity error) is rolled back alone and reported
+        in its slot. When the transaction fails as a whole nothing is stored and the error is raised.
+        Raises ``ValueError`` (nothing stored) when a forward names a citizen.
+        """
+        ...
+
     def receipt_overdue(
         self, now: datetime, wait: timedelta, max_resends: int, limit: int
     ) -> list[DeliveryRecord]:
@@ -475,6 +543,14 @@ class OutboxStore(Protocol):
 
     def message_trace(self, message_id: str) -> MessageTrace | None:
         """The trace of a message by its id or its MessageHeader.id."""
+        ...
+
+    def message_record(self, message_id: str) -> MessageRecord | None:
+        """A message by its id or its MessageHeader.id, without the trace of its deliveries.
+
+        One query, where ``message_trace`` reads every delivery, attempt and receipt: for the delivery
+        path, which needs only who sent a message and about whom.
+        """
         ...
 
     def message_payload(self, message_id: str) -> bytes | None:
@@ -537,6 +613,19 @@ def check_accept_requests(requests: Sequence[AcceptRequest]) -> None:
             raise ValueError("a message has at most one delivery per destination")
 
 
+def check_receipt_forward(follow_up: ReceiptFollowUp) -> None:
+    """Raise ``ValueError`` when a receipt's forward names a citizen or is not one message to one place.
+
+    Receipts take no pair lock (``record_receipts``); a forward about a citizen would need one.
+    """
+    forward = follow_up.forward
+    if forward is None:
+        return
+    if forward.message.citizen_key is not None:
+        raise ValueError("a receipt's forward is about no citizen (citizen_key must be None)")
+    check_accept_requests([forward])
+
+
 def only_result(results: Sequence[AcceptResult | StoreError]) -> AcceptResult:
     """The result of a one-request ``accept_many``, or its ``StoreError`` raised."""
     (result,) = results
@@ -595,7 +684,13 @@ def verify_audit_chain(entries: Sequence[AuditEntry], prev_hash: str = AUDIT_GEN
 
 
 def format_timestamp(when: datetime) -> str:
-    """A fixed-width UTC text form that sorts like time (microseconds always written)."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("timestamps in the store must be timezone-aware")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A fixed-width UTC text form that sorts like time (microseconds always written).
+
+    ``isoformat`` rather than ``strftime``: the same text (``2026-03-01T09:30:15.123456Z``) for a
+    fraction of the cost, and the store writes several timestamps per delivery.
+    """
+    if when.tzinfo is not UTC:
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("timestamps in the store must be timezone-aware")
+        when = when.astimezone(UTC)
+    return when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

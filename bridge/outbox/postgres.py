@@ -85,11 +85,15 @@ from bridge.outbox.port import (
     QueueStats,
     Receipt,
     ReceiptCode,
+    ReceiptCorrelation,
+    ReceiptFollowUps,
     ReceiptMatch,
+    RecordedReceipt,
     StoreError,
     StoreUnavailable,
     audit_hash,
     check_accept_requests,
+    check_receipt_forward,
     classify_duplicate,
     only_result,
 )
@@ -560,14 +564,25 @@ class PostgresOutboxStore:
             self._recompute_heads(cur, pairs)
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
-        """``complete`` for several deliveries in one transaction; returns the ids whose lease was lost."""
+        """``complete`` for several deliveries in one transaction, with the audit records of those it
+        completes; returns the ids whose lease was lost.
+
+        The audit lock is taken after the pair locks and before any row changes, as ``accept_many``
+        takes them, so the two never wait on each other in a cycle.
+        """
         lost: list[str] = []
         if not completed:
             return lost
         with self._tx() as cur:
             pairs = self._lock_pairs_of(cur, [delivery_id for delivery_id, _ in completed])
+            if audit:
+                cur.execute(_Q["lock_audit"])
             for delivery_id, attempt in completed:
                 params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
                 if cur.execute(_Q["complete"], params).rowcount == 1:
@@ -575,6 +590,12 @@ class PostgresOutboxStore:
                 else:
                     lost.append(delivery_id)
             self._recompute_heads(cur, pairs)
+            if audit:
+                gone = set(lost)
+                for delivery_id, _ in completed:
+                    record = audit.get(delivery_id)
+                    if record is not None and delivery_id not in gone:
+                        self._append_audit(cur, record, locked=True)
         return lost
 
     def schedule_retry(
@@ -664,39 +685,86 @@ class PostgresOutboxStore:
         receiver answers asynchronously), so it attaches whatever the delivery's state.
         """
         with self._tx() as cur:
+            return self._record_receipt(cur, receipt, details=False).match
+
+    def record_receipts(
+        self, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """Record several receipts with their audit records and forwards in ONE transaction.
+
+        The audit lock is taken first, before any delivery row is locked (``set_receipt``): every
+        receipt appends to the chain, and no transaction waits for the audit lock while it holds a
+        delivery row, so no two wait on each other. Forwards are about no citizen and take no pair lock.
+        Each forward sits behind its own savepoint, so an integrity error rolls back that forward alone.
+        """
+        if not receipts:
+            return []
+        results: list[RecordedReceipt] = []
+        with self._tx() as cur:
+            cur.execute(_Q["lock_audit"])
+            for receipt in receipts:
+                correlation = self._record_receipt(cur, receipt, details=True)
+                then = follow_up(correlation)
+                check_receipt_forward(then)
+                if then.audit is not None:
+                    self._append_audit(cur, then.audit, locked=True)
+                forwarded: AcceptResult | StoreError | None = None
+                if then.forward is not None and correlation.new:
+                    try:
+                        with cur.connection.transaction():
+                            forwarded = self._accept_one(cur, then.forward)
+                    except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                        forwarded = StoreError(f"PostgreSQL store: {exc.diag.message_primary or exc}")
+                        forwarded.__cause__ = exc
+                    except StoreError as exc:
+                        forwarded = exc
+                results.append(RecordedReceipt(correlation, forwarded))
+        return results
+
+    def _record_receipt(self, cur: Cursor, receipt: NewReceipt, *, details: bool) -> ReceiptCorrelation:
+        """Store one receipt inside the open transaction; with ``details``, read the message a new match
+        acknowledges and when its delivery was delivered."""
+        seen = self._seen_receipt(cur, receipt.ack_header_id)
+        if seen is None:
+            target = cur.execute(
+                _Q["delivery_for_receipt"],
+                {
+                    "acknowledged_header_id": receipt.acknowledged_header_id,
+                    "from_system": receipt.from_system,
+                },
+            ).fetchone()
+            inserted = cur.execute(
+                _Q["insert_receipt"],
+                {
+                    "ack_header_id": receipt.ack_header_id,
+                    "acknowledged_header_id": receipt.acknowledged_header_id,
+                    "from_system": receipt.from_system,
+                    "code": receipt.code,
+                    "received_at": _aware(receipt.received_at),
+                    "delivery_id": None if target is None else target["id"],
+                },
+            ).rowcount
+            if inserted == 1:
+                if target is None:
+                    return ReceiptCorrelation(receipt, None)
+                cur.execute(
+                    _Q["set_receipt"],
+                    {"id": target["id"], "code": receipt.code, "received_at": receipt.received_at},
+                )
+                match = ReceiptMatch(target["id"], target["message_id"], duplicate=False)
+                if not details:
+                    return ReceiptCorrelation(receipt, match)
+                row = cur.execute(_Q["message_by_id_or_header"], {"id": target["message_id"]}).fetchone()
+                return ReceiptCorrelation(
+                    receipt, match, None if row is None else _message(row), _dt_opt(target["delivered_at"])
+                )
+            # The same Acknowledgement was stored concurrently; report it as the duplicate it is.
             seen = self._seen_receipt(cur, receipt.ack_header_id)
-            if seen is None:
-                target = cur.execute(
-                    _Q["delivery_for_receipt"],
-                    {
-                        "acknowledged_header_id": receipt.acknowledged_header_id,
-                        "from_system": receipt.from_system,
-                    },
-                ).fetchone()
-                inserted = cur.execute(
-                    _Q["insert_receipt"],
-                    {
-                        "ack_header_id": receipt.ack_header_id,
-                        "acknowledged_header_id": receipt.acknowledged_header_id,
-                        "from_system": receipt.from_system,
-                        "code": receipt.code,
-                        "received_at": _aware(receipt.received_at),
-                        "delivery_id": None if target is None else target["id"],
-                    },
-                ).rowcount
-                if inserted == 1:
-                    if target is None:
-                        return None
-                    cur.execute(
-                        _Q["set_receipt"],
-                        {"id": target["id"], "code": receipt.code, "received_at": receipt.received_at},
-                    )
-                    return ReceiptMatch(target["id"], target["message_id"], duplicate=False)
-                # The same Acknowledgement was stored concurrently; report it as the duplicate it is.
-                seen = self._seen_receipt(cur, receipt.ack_header_id)
-            if seen is None or seen["delivery_id"] is None:
-                return None
-            return ReceiptMatch(seen["delivery_id"], seen["message_id"], duplicate=True)
+        if seen is None or seen["delivery_id"] is None:
+            return ReceiptCorrelation(receipt, None)
+        return ReceiptCorrelation(
+            receipt, ReceiptMatch(seen["delivery_id"], seen["message_id"], duplicate=True)
+        )
 
     def receipt_overdue(
         self, now: datetime, wait: timedelta, max_resends: int, limit: int
@@ -752,6 +820,12 @@ class PostgresOutboxStore:
         with self._auto() as cur:
             row = cur.execute(_Q[query], {"id": row_id}).fetchone()
         return None if row is None or row["payload"] is None else bytes(row["payload"])
+
+    def message_record(self, message_id: str) -> MessageRecord | None:
+        """A message by its id or its MessageHeader.id, without the trace of its deliveries."""
+        with self._auto() as cur:
+            row = cur.execute(_Q["message_by_id_or_header"], {"id": message_id}).fetchone()
+        return None if row is None else _message(row)
 
     def message_payload(self, message_id: str) -> bytes | None:
         """The body of a message as received; None when unknown or purged."""

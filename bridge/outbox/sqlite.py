@@ -61,11 +61,15 @@ from bridge.outbox.port import (
     QueueStats,
     Receipt,
     ReceiptCode,
+    ReceiptCorrelation,
+    ReceiptFollowUps,
     ReceiptMatch,
+    RecordedReceipt,
     StoreError,
     StoreUnavailable,
     audit_hash,
     check_accept_requests,
+    check_receipt_forward,
     classify_duplicate,
     format_timestamp,
     only_result,
@@ -670,16 +674,22 @@ class SqliteOutboxStore:
             _recompute_heads(conn, [pair])
 
     def complete_many(
-        self, worker_id: str, completed: Sequence[tuple[str, AttemptRecord]], now: datetime
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None = None,
     ) -> list[str]:
-        """``complete`` for several deliveries in one transaction; returns the ids whose lease was lost."""
+        """``complete`` for several deliveries in one transaction, with the audit records of those it
+        completes; returns the ids whose lease was lost."""
         lost: list[str] = []
         if not completed:
             return lost
         pairs: set[tuple[str | None, str]] = set()
+        stamp = _ts(now)
         with self._write() as conn:
             for delivery_id, attempt in completed:
-                params = {"id": delivery_id, "worker_id": worker_id, "now": _ts(now)}
+                params = {"id": delivery_id, "worker_id": worker_id, "now": stamp}
                 changed = conn.execute(_Q["complete"], params).fetchall()
                 if changed:
                     pairs.add((changed[0]["citizen_key"], changed[0]["destination"]))
@@ -687,6 +697,12 @@ class SqliteOutboxStore:
                 else:
                     lost.append(delivery_id)
             _recompute_heads(conn, pairs)
+            if audit:
+                gone = set(lost)
+                for delivery_id, _ in completed:
+                    record = audit.get(delivery_id)
+                    if record is not None and delivery_id not in gone:
+                        self._append_audit(conn, record)
         return lost
 
     def schedule_retry(
@@ -762,36 +778,80 @@ class SqliteOutboxStore:
         receiver answers asynchronously), so it attaches whatever the delivery's state.
         """
         with self._write() as conn:
-            seen = conn.execute(_Q["receipt_by_ack"], {"ack_header_id": receipt.ack_header_id}).fetchone()
-            if seen is not None:
-                if seen["delivery_id"] is None:
-                    return None
-                return ReceiptMatch(seen["delivery_id"], seen["message_id"], duplicate=True)
-            target = conn.execute(
-                _Q["delivery_for_receipt"],
-                {
-                    "acknowledged_header_id": receipt.acknowledged_header_id,
-                    "from_system": receipt.from_system,
-                },
-            ).fetchone()
-            conn.execute(
-                _Q["insert_receipt"],
-                {
-                    "ack_header_id": receipt.ack_header_id,
-                    "acknowledged_header_id": receipt.acknowledged_header_id,
-                    "from_system": receipt.from_system,
-                    "code": receipt.code,
-                    "received_at": _ts(receipt.received_at),
-                    "delivery_id": None if target is None else target["id"],
-                },
+            return self._record_receipt(conn, receipt, details=False).match
+
+    def record_receipts(
+        self, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """Record several receipts with their audit records and forwards in ONE transaction.
+
+        Each forward sits behind its own savepoint, so an integrity error rolls back that forward alone.
+        """
+        if not receipts:
+            return []
+        results: list[RecordedReceipt] = []
+        with self._write() as conn:
+            for receipt in receipts:
+                correlation = self._record_receipt(conn, receipt, details=True)
+                then = follow_up(correlation)
+                check_receipt_forward(then)
+                if then.audit is not None:
+                    self._append_audit(conn, then.audit)
+                forwarded: AcceptResult | StoreError | None = None
+                if then.forward is not None and correlation.new:
+                    conn.execute("SAVEPOINT receipt_forward")
+                    try:
+                        forwarded = self._accept_one(conn, then.forward)
+                    except sqlite3.IntegrityError as exc:
+                        conn.execute("ROLLBACK TO receipt_forward")
+                        forwarded = StoreError(str(exc))
+                        forwarded.__cause__ = exc
+                    conn.execute("RELEASE receipt_forward")
+                results.append(RecordedReceipt(correlation, forwarded))
+        return results
+
+    def _record_receipt(
+        self, conn: sqlite3.Connection, receipt: NewReceipt, *, details: bool
+    ) -> ReceiptCorrelation:
+        """Store one receipt inside the open write transaction; with ``details``, read the message a new
+        match acknowledges and when its delivery was delivered."""
+        seen = conn.execute(_Q["receipt_by_ack"], {"ack_header_id": receipt.ack_header_id}).fetchone()
+        if seen is not None:
+            if seen["delivery_id"] is None:
+                return ReceiptCorrelation(receipt, None)
+            return ReceiptCorrelation(
+                receipt, ReceiptMatch(seen["delivery_id"], seen["message_id"], duplicate=True)
             )
-            if target is None:
-                return None
-            conn.execute(
-                _Q["set_receipt"],
-                {"id": target["id"], "code": receipt.code, "received_at": _ts(receipt.received_at)},
-            )
-            return ReceiptMatch(target["id"], target["message_id"], duplicate=False)
+        target = conn.execute(
+            _Q["delivery_for_receipt"],
+            {
+                "acknowledged_header_id": receipt.acknowledged_header_id,
+                "from_system": receipt.from_system,
+            },
+        ).fetchone()
+        received_at = _ts(receipt.received_at)
+        conn.execute(
+            _Q["insert_receipt"],
+            {
+                "ack_header_id": receipt.ack_header_id,
+                "acknowledged_header_id": receipt.acknowledged_header_id,
+                "from_system": receipt.from_system,
+                "code": receipt.code,
+                "received_at": received_at,
+                "delivery_id": None if target is None else target["id"],
+            },
+        )
+        if target is None:
+            return ReceiptCorrelation(receipt, None)
+        params = {"id": target["id"], "code": receipt.code, "received_at": received_at}
+        conn.execute(_Q["set_receipt"], params)
+        match = ReceiptMatch(target["id"], target["message_id"], duplicate=False)
+        if not details:
+            return ReceiptCorrelation(receipt, match)
+        row = conn.execute(_Q["message_by_id_or_header"], {"id": target["message_id"]}).fetchone()
+        return ReceiptCorrelation(
+            receipt, match, None if row is None else _message(row), _dt_opt(target["delivered_at"])
+        )
 
     def receipt_overdue(
         self, now: datetime, wait: timedelta, max_resends: int, limit: int
@@ -852,6 +912,12 @@ class SqliteOutboxStore:
                 )
                 traces.append(DeliveryTrace(_delivery(d), attempts, receipts))
             return MessageTrace(message, tuple(traces))
+
+    def message_record(self, message_id: str) -> MessageRecord | None:
+        """A message by its id or its MessageHeader.id, without the trace of its deliveries."""
+        with self._read() as conn:
+            row = conn.execute(_Q["message_by_id_or_header"], {"id": message_id}).fetchone()
+        return None if row is None else _message(row)
 
     def message_payload(self, message_id: str) -> bytes | None:
         """The body of a message as received; None when unknown or purged."""

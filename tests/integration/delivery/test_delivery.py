@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+import orjson
 from delivery_bed import (
     ADMISSION,
     DISCHARGE,
@@ -351,3 +352,35 @@ def test_a_result_after_the_lease_was_lost_is_dropped(bed: Bed, trio: Trio) -> N
     assert stolen == [trace.delivery.id]
     assert (trace.delivery.state, trace.delivery.lease_owner) == ("leased", "w2")
     assert trace.attempts == ()  # w1's result was not recorded
+
+
+def test_the_synchronous_receipts_of_a_batch_are_all_recorded_and_forwarded_byte_for_byte(
+    make_bed: Callable[..., Bed], trio: Trio
+) -> None:
+    hospital, kommune, _ = trio
+    bed = make_bed(kommune_extra={"concurrency": 8})
+    answers_sent: dict[str, bytes] = {}  # by the MessageHeader.id acknowledged
+    lock = threading.Lock()
+
+    def acknowledge(request: Request) -> Reply:
+        body = orjson.dumps(build_acknowledgement(request.json(), "ok"))
+        with lock:
+            answers_sent[request.header_id] = body
+        return Reply(200, {"Content-Type": "application/fhir+json"}, body)
+
+    kommune.script = acknowledge
+    sent = [bed.accept(message_variant(ADMISSION), cpr=None) for _ in range(12)]
+    dispatcher = bed.dispatcher()
+
+    assert dispatcher.run_once() == 12
+    for message in sent:
+        trace = bed.delivery(message)
+        assert (trace.delivery.state, trace.delivery.receipt_code) == ("delivered", "ok")
+        assert len(trace.receipts) == 1
+
+    assert dispatcher.run_once() == 12  # the forwards
+    forwarded = {parse_acknowledgement(r.json()).acknowledged_id: r.body for r in hospital.requests}
+    # Every receipt reached the sender, byte for byte as the municipality sent it.
+    assert forwarded == {m.header_id: answers_sent[m.header_id] for m in sent}
+    receipts = [e for e in bed.store.read_audit(limit=1000) if e.record.action == "receipt.received"]
+    assert len(receipts) == 12

@@ -24,9 +24,12 @@ from bridge.outbox.port import (
     LeaseLost,
     MessageFilter,
     NewDelivery,
+    NewMessage,
     NewReceipt,
     NotFound,
     OutboxStore,
+    ReceiptCorrelation,
+    ReceiptFollowUp,
     StoreError,
     StoreUnavailable,
     verify_audit_chain,
@@ -525,6 +528,36 @@ def test_complete_many_delivers_a_batch_and_names_the_lost_leases(
     assert store.complete_many("w1", [], clock.now()) == []
 
 
+def test_complete_many_appends_the_audit_records_of_what_it_completes_in_the_same_transaction(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        store.accept(*messages.build())
+    first, second, third = store.claim_due("w1", clock.now(), LEASE, limit=3)
+    store.release(third.id, "w1", clock.now())  # its lease is gone: no result, no audit record
+    before = len(store.read_audit(limit=100))
+
+    def record(delivery_id: str) -> AuditRecord:
+        return AuditRecord(clock.now(), "delivery.delivered", "w1", delivery_id.encode(), None)
+
+    lost = store.complete_many(
+        "w1",
+        [(second.id, ok(clock)), (third.id, ok(clock)), (first.id, ok(clock))],
+        clock.now(),
+        {d.id: record(d.id) for d in (first, second, third)},
+    )
+
+    assert lost == [third.id]
+    trail = store.read_audit(limit=100)
+    assert [e.record.body for e in trail[before:]] == [second.id.encode(), first.id.encode()]
+    assert verify_audit_chain(trail) is None
+    # Without records nothing more is audited.
+    store.accept(*messages.build())
+    (fourth,) = store.claim_due("w1", clock.now(), LEASE, limit=1)
+    assert store.complete_many("w1", [(fourth.id, ok(clock))], clock.now(), {}) == []
+    assert len(store.read_audit(limit=100)) == len(trail) + 1  # the accept's record only
+
+
 def test_schedule_retry_makes_the_delivery_due_later(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:
@@ -956,6 +989,159 @@ def test_receipt_for_an_unknown_message_or_from_the_wrong_system_matches_nothing
     )
     assert store.record_receipt(wrong_sender) is None
     assert store.list_deliveries()[0].receipt_code is None
+
+
+def _receipt_audit(clock: FakeClock, correlation: ReceiptCorrelation, status: str) -> AuditRecord:
+    match = correlation.match
+    return AuditRecord(
+        clock.now(),
+        "receipt.received",
+        correlation.receipt.from_system,
+        f'{{"ack": "{correlation.receipt.ack_header_id}", "status": "{status}"}}'.encode(),
+        None if match is None else match.message_id,
+    )
+
+
+def _forward(clock: FakeClock, correlation: ReceiptCorrelation, to: str) -> AcceptRequest:
+    """The receipt as a message of its own, queued to ``to`` (what the bridge does for a FHIR sender)."""
+    receipt = correlation.receipt
+    message = NewMessage(
+        bundle_id=f"bundle-of-{receipt.ack_header_id}",
+        header_id=receipt.ack_header_id,
+        sender=receipt.from_system,
+        kind="acknowledgement",
+        citizen_key=None,
+        payload=f'{{"ack": "{receipt.ack_header_id}"}}'.encode(),
+        content_type="application/fhir+json",
+        received_at=clock.now(),
+    )
+    audit = _receipt_audit(clock, correlation, "forwarded")
+    return AcceptRequest(message, [NewDelivery(to, message.payload, "application/fhir+json")], audit)
+
+
+def test_record_receipts_records_a_batch_with_audit_and_forwards_in_one_go(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    # Two messages from rh, delivered to kbh; one known receipt already stored.
+    first = messages.build(citizen="c1", expect_receipt=True)
+    second = messages.build(citizen="c2", expect_receipt=True)
+    for m in (first, second):
+        store.accept(*m)
+    claimed = {c.message_id: c for c in store.claim_due("w1", clock.now(), LEASE, 10)}
+    delivered_at = clock.now()
+    store.complete_many("w1", [(c.id, ok(clock)) for c in claimed.values()], delivered_at)
+    earlier = NewReceipt("ack-earlier", first[0].header_id, "kbh", "ok", clock.now())
+    assert store.record_receipt(earlier) is not None
+    clock.advance(timedelta(seconds=3))
+    now = clock.now()
+    batch = [
+        NewReceipt("ack-earlier", first[0].header_id, "kbh", "ok", now),  # seen before
+        NewReceipt("ack-2", second[0].header_id, "kbh", "fatal-error", now),  # new, matches
+        NewReceipt("ack-2", second[0].header_id, "kbh", "fatal-error", now),  # its duplicate, same batch
+        NewReceipt("ack-x", str(uuid.uuid4()), "kbh", "ok", now),  # acknowledges nothing
+        NewReceipt("ack-y", second[0].header_id, "aarhus", "ok", now),  # from a system it never went to
+    ]
+    seen: list[ReceiptCorrelation] = []
+
+    def follow_up(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        seen.append(correlation)
+        if correlation.new:
+            return ReceiptFollowUp(forward=_forward(clock, correlation, "rh"))
+        # A forward for anything but a new match is never stored.
+        status = "duplicate" if correlation.match is not None else "unmatched"
+        return ReceiptFollowUp(_receipt_audit(clock, correlation, status), _forward(clock, correlation, "rh"))
+
+    audit_before = len(store.read_audit(limit=1000))
+    recorded = store.record_receipts(batch, follow_up)
+
+    assert [r.correlation for r in recorded] == seen
+    assert [r.correlation.receipt for r in recorded] == batch
+    duplicate, new, again, unknown, wrong = recorded
+    assert duplicate.correlation.match is not None and duplicate.correlation.match.duplicate
+    assert duplicate.correlation.match.message_id == first[0].id
+    assert (duplicate.correlation.message, duplicate.forwarded) == (None, None)
+    assert new.correlation.new and new.correlation.match is not None
+    assert new.correlation.match.delivery_id == claimed[second[0].id].id
+    assert new.correlation.message is not None and new.correlation.message.id == second[0].id
+    assert (new.correlation.message.sender, new.correlation.message.citizen_key) == ("rh", "c2")
+    assert new.correlation.delivered_at == delivered_at
+    assert isinstance(new.forwarded, AcceptResult) and new.forwarded.accepted
+    assert again.correlation.match is not None and again.correlation.match.duplicate
+    assert again.forwarded is None
+    assert (unknown.correlation.match, unknown.forwarded) == (None, None)
+    assert (wrong.correlation.match, wrong.forwarded) == (None, None)
+    # The receipt is on its delivery; the forward is one delivery to rh; audit records in batch order.
+    (kbh,) = store.message_trace(second[0].id).deliveries  # type: ignore[union-attr]
+    assert (kbh.delivery.receipt_code, kbh.delivery.receipt_at) == ("fatal-error", now)
+    assert [r.ack_header_id for r in kbh.receipts] == ["ack-2"]
+    forwards = store.list_messages(MessageFilter(kind="acknowledgement"))
+    assert [(m.header_id, m.sender) for m in forwards] == [("ack-2", "kbh")]
+    (to_rh,) = [d for d in store.list_deliveries() if d.destination == "rh"]
+    assert to_rh.message_id == forwards[0].id and to_rh.state == "pending"
+    trail = store.read_audit(limit=1000)[audit_before:]
+    assert [(e.record.action, e.record.body) for e in trail] == [
+        ("receipt.received", b'{"ack": "ack-earlier", "status": "duplicate"}'),
+        ("receipt.received", b'{"ack": "ack-2", "status": "forwarded"}'),
+        ("receipt.received", b'{"ack": "ack-2", "status": "duplicate"}'),
+        ("receipt.received", b'{"ack": "ack-x", "status": "unmatched"}'),
+        ("receipt.received", b'{"ack": "ack-y", "status": "unmatched"}'),
+    ]
+    assert verify_audit_chain(store.read_audit(limit=1000)) is None
+    # Unmatched receipts are stored too: seen again, they are still unmatched, not new.
+    (later,) = store.record_receipts([batch[3]], lambda c: ReceiptFollowUp())
+    assert later.correlation.match is None
+    assert store.record_receipts([], follow_up) == []
+
+
+def test_a_failing_forward_is_rolled_back_alone_and_a_forward_naming_a_citizen_is_refused(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    one, two = messages.build(expect_receipt=True), messages.build(expect_receipt=True)
+    for m in (one, two):
+        store.accept(*m)
+    batch = [
+        NewReceipt("ack-1", one[0].header_id, "kbh", "ok", clock.now()),
+        NewReceipt("ack-2", two[0].header_id, "kbh", "ok", clock.now()),
+    ]
+
+    def clashing(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        forward = _forward(clock, correlation, "rh")
+        if correlation.receipt.ack_header_id == "ack-1":  # its id is taken: an integrity error
+            forward = replace(forward, message=replace(forward.message, id=one[0].id))
+        return ReceiptFollowUp(_receipt_audit(clock, correlation, "recorded"), forward)
+
+    failed_one, stored_two = store.record_receipts(batch, clashing)
+
+    assert isinstance(failed_one.forwarded, StoreError)
+    assert isinstance(stored_two.forwarded, AcceptResult) and stored_two.forwarded.accepted
+    # The receipt and its audit record stay; only the forward went.
+    assert store.list_deliveries()[0].receipt_code == "ok"
+    assert [m.header_id for m in store.list_messages(MessageFilter(kind="acknowledgement"))] == ["ack-2"]
+    assert len([e for e in store.read_audit(limit=100) if e.record.action == "receipt.received"]) == 3
+
+    three = messages.build(expect_receipt=True)
+    store.accept(*three)
+    about_someone = NewReceipt("ack-3", three[0].header_id, "kbh", "ok", clock.now())
+
+    def naming_a_citizen(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        forward = _forward(clock, correlation, "rh")
+        return ReceiptFollowUp(forward=replace(forward, message=replace(forward.message, citizen_key="c1")))
+
+    with pytest.raises(ValueError, match="citizen"):
+        store.record_receipts([about_someone], naming_a_citizen)
+    assert store.record_receipt(about_someone) is not None  # nothing of the refused batch was stored
+    assert store.record_receipt(about_someone).duplicate  # type: ignore[union-attr]
+
+
+def test_message_record_reads_a_message_by_id_or_header_id(store: OutboxStore, messages: Messages) -> None:
+    message, deliveries, audit = messages.build(citizen="c1", destinations=("kbh", "aarhus"))
+    store.accept(message, deliveries, audit)
+
+    by_id = store.message_record(message.id)
+    assert by_id is not None and by_id == store.message_record(message.header_id)
+    assert by_id == store.message_trace(message.id).message  # type: ignore[union-attr]
+    assert (by_id.sender, by_id.citizen_key, by_id.state) == ("rh", "c1", "in-flight")
+    assert store.message_record(str(uuid.uuid4())) is None
 
 
 def test_missing_receipt_triggers_resend_up_to_the_limit(

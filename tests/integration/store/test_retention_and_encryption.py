@@ -16,7 +16,17 @@ import pytest
 from bridge.audit import verify_trail
 from bridge.clock import FakeClock
 from bridge.outbox.encryption import MAGIC, EncryptingStore, PayloadKeyError, encrypting_store, key_id_of
-from bridge.outbox.port import AttemptRecord, OutboxStore
+from bridge.outbox.port import (
+    AcceptRequest,
+    AttemptRecord,
+    AuditRecord,
+    NewDelivery,
+    NewMessage,
+    NewReceipt,
+    OutboxStore,
+    ReceiptCorrelation,
+    ReceiptFollowUp,
+)
 from bridge.outbox.sqlite import SqliteOutboxStore
 from bridge.retention import RetentionWorker, purge
 
@@ -137,6 +147,38 @@ def test_payloads_are_sealed_at_rest_and_plain_through_the_store(
     assert CPR not in (store.delivery_payload(claimed[0].id) or b"")
     # Without the key, the store hands out only the sealed envelope.
     assert CPR not in (store.message_payload(message.id) or b"CPR")
+
+
+def test_a_forwarded_receipt_is_sealed_at_rest_too(
+    store: OutboxStore, clock: FakeClock, messages: Messages, tmp_path: Path
+) -> None:
+    sealed = encrypting_store(store, f"k2026={_key()}")
+    message, deliveries, audit = messages.from_example(ADMISSION, expect_receipt=True)
+    sealed.accept(message, deliveries, audit)
+    ack = b'{"resourceType": "Bundle", "about": "2509479989"}'
+
+    def forward(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        forwarded = NewMessage(
+            "b-ack", "h-ack", "kbh", "acknowledgement", None, ack, "application/fhir+json", clock.now()
+        )
+        record = AuditRecord(clock.now(), "receipt.received", "kbh", b"{}", message.id)
+        return ReceiptFollowUp(
+            forward=AcceptRequest(forwarded, [NewDelivery("rh", ack, "application/fhir+json")], record)
+        )
+
+    (recorded,) = sealed.record_receipts(
+        [NewReceipt("h-ack", message.header_id, "kbh", "ok", clock.now())], forward
+    )
+
+    assert recorded.forwarded is not None and not isinstance(recorded.forwarded, Exception)
+    (to_rh,) = [d for d in sealed.list_deliveries() if d.destination == "rh"]
+    assert sealed.delivery_payload(to_rh.id) == ack
+    assert sealed.message_payload(recorded.forwarded.message.id) == ack
+    rows = _raw(sealed, tmp_path, "SELECT payload FROM messages WHERE kind = 'acknowledgement'")
+    rows += _raw(sealed, tmp_path, "SELECT payload FROM deliveries WHERE destination = 'rh'")
+    assert len(rows) == 2
+    for (payload,) in rows:
+        assert isinstance(payload, bytes) and payload.startswith(MAGIC) and CPR not in payload
 
 
 def test_a_rotated_key_still_opens_old_payloads_and_a_dropped_one_does_not(

@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
-from delivery_bed import ADMISSION, DISCHARGE, HOSPITAL, KOMMUNE, REHAB, Bed, settings_for
+from delivery_bed import ADMISSION, DISCHARGE, HOSPITAL, KOMMUNE, REHAB, Bed, message_variant, settings_for
 
 from bridge.delivery.receipts import (
     handle_acknowledgement,
+    handle_acknowledgements,
     queue_receipt,
+    read_acknowledgement,
     receipt_ids,
     receipt_issues,
     resend_envelope,
@@ -195,3 +198,51 @@ def test_something_that_is_no_acknowledgement_is_refused(bed: Bed) -> None:
         handle_acknowledgement(
             bed.settings, bed.store, bed.clock, json.loads(ADMISSION.read_bytes()), from_system=KOMMUNE
         )
+
+
+def test_a_batch_of_acknowledgements_is_handled_as_one_by_one_would_in_one_store_call(bed: Bed) -> None:
+    to_fhir_sender = bed.accept(message_variant(ADMISSION))
+    to_municipal_sender = bed.accept(message_variant(DISCHARGE), sender=REHAB)
+    ack_a = build_acknowledgement(json.loads(to_fhir_sender.payload), "ok")
+    ack_b = build_acknowledgement(
+        json.loads(to_municipal_sender.payload),
+        "transient-error",
+        issues=receipt_issues("transient-error", "x"),
+    )
+    stray = build_acknowledgement(json.loads(message_variant(ADMISSION)), "ok")
+    received = [
+        read_acknowledgement(ack_a, from_system=KOMMUNE),
+        read_acknowledgement(ack_a, from_system=KOMMUNE),  # the same one twice in the batch
+        read_acknowledgement(ack_b, from_system=KOMMUNE),
+        read_acknowledgement(stray, from_system=KOMMUNE),
+    ]
+    calls: list[int] = []
+    record_receipts = bed.store.record_receipts
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(args[0]))
+        return record_receipts(*args, **kwargs)
+
+    bed.store.record_receipts = counted  # type: ignore[method-assign]
+
+    handled = handle_acknowledgements(bed.settings, bed.store, bed.clock, received)
+
+    assert calls == [4]  # one store call (one transaction) for the batch
+    assert [h.status for h in handled if not isinstance(h, Exception)] == [
+        "forwarded",
+        "duplicate",
+        "recorded",
+        "unmatched",
+    ]
+    (forward,) = bed.messages_to(HOSPITAL)
+    # Forwarded as the receiver sent it, with the same bytes the one-by-one path stores.
+    assert bed.store.delivery_payload(forward.id) == orjson.dumps(ack_a)
+    assert bed.delivery(to_fhir_sender).delivery.receipt_code == "ok"
+    assert bed.delivery(to_municipal_sender).delivery.receipt_code == "transient-error"
+    trail = [e.record.body for e in bed.store.read_audit(limit=100) if e.record.action == "receipt.received"]
+    assert [json.loads(b)["outcomeDesc"].rsplit(", ", 1)[1] for b in trail] == [
+        "forwarded",
+        "duplicate",
+        "recorded",
+        "unmatched",
+    ]

@@ -188,7 +188,7 @@ SELECT r.delivery_id, d.message_id
  WHERE r.ack_header_id = %(ack_header_id)s;
 
 -- name: delivery_for_receipt
-SELECT id, message_id FROM deliveries
+SELECT id, message_id, delivered_at FROM deliveries
  WHERE header_id = %(acknowledged_header_id)s AND destination = %(from_system)s
  ORDER BY seq LIMIT 1;
 

@@ -156,7 +156,7 @@ SELECT r.delivery_id, d.message_id
  WHERE r.ack_header_id = :ack_header_id;
 
 -- name: delivery_for_receipt
-SELECT id, message_id FROM deliveries
+SELECT id, message_id, delivered_at FROM deliveries
  WHERE header_id = :acknowledged_header_id AND destination = :from_system
  ORDER BY seq LIMIT 1;
 
