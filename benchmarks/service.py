@@ -125,16 +125,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc/PID/stat), in seconds."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; fields start after it
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (the API processes of ``listen.processes``), from /proc."""
     found = []
@@ -150,10 +140,11 @@ def children(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process and of the API processes it runs (Linux /proc), in s."""
+    """User and system CPU time so far of a process and of the API processes it runs (Linux /proc), in s."""
     total = 0
     for p in [pid, *children(pid)]:
         try:
+            # The command name may hold spaces: the fields are counted after its closing parenthesis.
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue

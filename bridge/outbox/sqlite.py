@@ -801,7 +801,7 @@ class SqliteOutboxStore:
                 if then.forward is not None and correlation.new:
                     conn.execute("SAVEPOINT receipt_forward")
                     try:
-                        forwarded = self._accept_one(conn, then.forward)
+                        forwarded = self._accept_one(conn, then.forward, None)[0]  # the head read afresh
                     except sqlite3.IntegrityError as exc:
                         conn.execute("ROLLBACK TO receipt_forward")
                         forwarded = StoreError(str(exc))
