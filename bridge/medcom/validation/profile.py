@@ -97,12 +97,15 @@ class Node:
     matcher: Callable[[str, Any], bool] | None = None
     active: bool = False
     active_children: list[Node] = field(default_factory=list)
+    json_keys: tuple[str, ...] = ()  # the JSON names: the key, or one per type of a choice element
+    checks_value: bool = False  # a fixed or pattern value, a binding, type or target profiles
+    closed: bool = False  # slicing rules 'closed': an item must match a slice
 
-    @property
-    def json_keys(self) -> tuple[str, ...]:
-        if not self.choice:
-            return (self.key,)
-        return tuple(self.key + t[0].upper() + t[1:] for t in self.types if not t.startswith("http"))
+
+def _json_keys(node: Node) -> tuple[str, ...]:
+    if not node.choice:
+        return (node.key,)
+    return tuple(node.key + t[0].upper() + t[1:] for t in node.types if not t.startswith("http"))
 
 
 def _card(value: Any) -> int | None:
@@ -173,6 +176,7 @@ def _element_node(el: dict[str, Any], segment: str) -> Node:
         max=_card(el.get("max")),
         slice_name=slice_name or None,
     )
+    node.json_keys = _json_keys(node)
     base_min = int(base.get("min", 0))
     node.min_check = node.min if node.min > base_min else 0
     if node.max is not None and (base_max is None or node.max < base_max):
@@ -200,6 +204,7 @@ def _element_node(el: dict[str, Any], segment: str) -> Node:
             node.invariants.append(inv)
     if el.get("slicing"):
         node.slicing = el["slicing"]
+        node.closed = el["slicing"].get("rules") == "closed"
     return node
 
 
@@ -212,6 +217,13 @@ def _activate(node: Node) -> bool:
     node.active_children = [c for c in node.children.values() if c.active]
     if node.type_profiles and node.children:
         node.type_profiles = ()  # the snapshot already inlines the profile's elements
+    node.checks_value = bool(
+        node.fixed is not _MISSING
+        or node.pattern is not _MISSING
+        or node.codes is not None
+        or node.target_profiles
+        or node.type_profiles
+    )
     node.active = bool(
         node.active_children
         or node.slices
@@ -365,7 +377,16 @@ def _slice_matcher(base: Node, s: Node) -> Callable[[str, Any], bool]:
             tests.append(_value_test(path, expected))
     if not tests:
         return lambda key, value: False
-    return lambda key, value: all(t(key, value) for t in tests)
+    if len(tests) == 1:
+        return tests[0]
+
+    def matcher(key: str, value: Any) -> bool:
+        for test in tests:
+            if not test(key, value):
+                return False
+        return True
+
+    return matcher
 
 
 def _type_test(base: Node, s: Node, path: str) -> Callable[[str, Any], bool]:
@@ -381,6 +402,8 @@ def _type_test(base: Node, s: Node, path: str) -> Callable[[str, Any], bool]:
 
 def _value_test(path: str, expected: Any) -> Callable[[str, Any], bool]:
     if path in ("url", "system", "role", "use", "id"):
+        if isinstance(expected, str):  # matches_pattern of a string is equality
+            return lambda key, value: isinstance(value, dict) and value.get(path) == expected
         return lambda key, value: isinstance(value, dict) and matches_pattern(value.get(path), expected)
     fn = fhirpath.compile_expression(path)
 
@@ -405,6 +428,14 @@ def check_root(root: Node, value: dict[str, Any], path: str, run: Run, resource:
 
 
 def _items(node: Node, obj: dict[str, Any], path: str, run: Run) -> list[Item]:
+    if not node.choice:
+        key = node.key
+        value = obj.get(key)
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return [(key, v, f"{path}.{key}[{i}]") for i, v in enumerate(value) if v is not None]
+        return [(key, value, f"{path}.{key}")]
     out: list[Item] = []
     for key in node.json_keys:
         value = obj.get(key)
@@ -460,15 +491,15 @@ def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resour
 
 
 def _check_slices(node: Node, items: list[Item], path: str, run: Run, resource: Any) -> None:
-    buckets: dict[int, list[Item]] = {i: [] for i in range(len(node.slices))}
-    closed = (node.slicing or {}).get("rules") == "closed"
+    buckets: list[list[Item]] = [[] for _ in node.slices]
     for item in items:
+        key, value = item[0], item[1]
         for i, s in enumerate(node.slices):
-            if s.matcher is not None and s.matcher(item[0], item[1]):
+            if s.matcher is not None and s.matcher(key, value):
                 buckets[i].append(item)
                 break
         else:
-            if closed:
+            if node.closed:
                 run.add(
                     Issue(
                         "error",
@@ -503,6 +534,16 @@ def _check_slices(node: Node, items: list[Item], path: str, run: Run, resource: 
 
 
 def _check_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> None:
+    if node.checks_value:
+        _check_own_value(node, value, path, run, resource)
+    if node.invariants:
+        run.check_invariants(node.invariants, value, path, resource)
+    if node.active_children and isinstance(value, dict):
+        _check_children(node, value, path, run, resource)
+
+
+def _check_own_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> None:
+    """The checks on the value itself: fixed, pattern, binding, target and type profiles."""
     if node.fixed is not _MISSING and value != node.fixed:
         run.add(Issue("error", "value", f"{node.id}: must be exactly {node.fixed!r}", (path,)))
     if node.pattern is not _MISSING and not matches_pattern(value, node.pattern):
@@ -514,10 +555,6 @@ def _check_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> 
     if node.type_profiles and isinstance(value, dict):
         for url in node.type_profiles:
             run.check_type_profile(url, value, path, resource)
-    for inv in node.invariants:
-        run.check_invariant(inv, value, path, resource)
-    if node.active_children and isinstance(value, dict):
-        _check_children(node, value, path, run, resource)
 
 
 def _check_binding(node: Node, codes: CodeSet, value: Any, path: str, run: Run) -> None:
