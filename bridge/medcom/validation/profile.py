@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.fhir.outcome import Issue
 from bridge.medcom.validation import fhirpath
+from bridge.medcom.validation.fastpaths import with_fast_path
 from bridge.medcom.validation.terminology import (
     DK_CORE_IDENTIFIER_SYSTEMS,
     CodeSet,
@@ -137,7 +138,7 @@ def _compile_invariant(c: dict[str, Any]) -> Invariant | None:
     if not expression or (base and key in SKIPPED_BASE_INVARIANTS):
         return None
     try:
-        fn = fhirpath.compile_expression(expression)
+        fn = with_fast_path(expression, fhirpath.compile_expression(expression))
     except fhirpath.FhirPathUnsupported:
         fn = _fallback(expression)
     return Invariant(key, c.get("severity", "error"), c.get("human", ""), expression, fn, base)

@@ -1,0 +1,233 @@
+"""The fast paths of the commonest invariants answer exactly what the compiled FHIRPath answers.
+
+Differential: for every expression with a fast path, on generated JSON (well-formed and not) and on
+every resource, entry and Bundle of the official examples, the expression behind its fast path gives
+the same collection, or raises the same error, as the general evaluator alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.medcom.validation import fhirpath as fp
+from bridge.medcom.validation.fastpaths import FAST_PATHS, with_fast_path
+from bridge.medcom.validation.terminology import shipped_profiles, structure_definition
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "medcom"
+EXPRESSIONS = sorted(FAST_PATHS)
+_IDS = [f"{FAST_PATHS[e].__name__}-{i}" for i, e in enumerate(EXPRESSIONS)]
+
+_KEYS = (
+    "contained",
+    "text",
+    "div",
+    "entry",
+    "resource",
+    "request",
+    "response",
+    "fullUrl",
+    "type",
+    "meta",
+    "versionId",
+    "lastUpdated",
+    "security",
+    "identifier",
+    "name",
+    "system",
+    "resourceType",
+    "id",
+    "reference",
+)
+_LEAVES = st.sampled_from(
+    [
+        None,
+        True,
+        False,
+        0,
+        2,
+        1.5,
+        "",
+        "x",
+        "1",
+        "history",
+        "batch",
+        "transaction",
+        "batch-response",
+        "transaction-response",
+        "message",
+        "Patient",
+        "Organization",
+        "urn:oid:1.2.208.176.1.1",
+        "https://kombit.dk/sts/organisation",
+        "urn:oid:2.16.840.1.113883.2.24.1.1",
+        "urn:uuid:1",
+        "Patient/1/_history/2",
+        "Patient/1_history",
+        '<div xmlns="http://www.w3.org/1999/xhtml">x</div>',
+    ]
+)
+_JSON = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+_META = st.one_of(_JSON, st.fixed_dictionaries({}, optional={"versionId": _LEAVES, "security": _JSON}))
+_RESOURCE = st.fixed_dictionaries(
+    {},
+    optional={
+        "resourceType": st.sampled_from(["Patient", "Organization", "Encounter", 3]),
+        "id": _LEAVES,
+        "meta": _META,
+        "text": st.one_of(_JSON, st.fixed_dictionaries({}, optional={"div": _LEAVES})),
+        "contained": _JSON,
+        "identifier": st.one_of(
+            _JSON, st.lists(st.one_of(_JSON, st.fixed_dictionaries({}, optional={"system": _LEAVES})))
+        ),
+        "name": _JSON,
+    },
+)
+# Mostly the shapes messages have (where the fast paths answer), sometimes anything.
+_SYSTEMS = st.sampled_from(
+    ["urn:oid:1.2.208.176.1.1", "https://kombit.dk/sts/organisation", "urn:oid:1.2.208.176.1.2", "x"]
+)
+_CONTAINED = st.lists(
+    st.fixed_dictionaries(
+        {"resourceType": st.just("Patient")},
+        optional={
+            "id": st.just("p1"),
+            "contained": st.lists(st.builds(dict), max_size=1),
+            "meta": st.fixed_dictionaries(
+                {},
+                optional={
+                    "versionId": st.just("1"),
+                    "lastUpdated": st.just("2024-01-01T00:00:00Z"),
+                    "security": st.lists(st.builds(dict), max_size=1),
+                },
+            ),
+        },
+    ),
+    max_size=2,
+)
+_GOOD_RESOURCE = st.fixed_dictionaries(
+    {"resourceType": st.sampled_from(["Patient", "Organization"])},
+    optional={
+        "meta": st.fixed_dictionaries({}, optional={"versionId": st.sampled_from(["1", "2"])}),
+        "text": st.fixed_dictionaries({}, optional={"div": st.just("<div>x</div>")}),
+        "contained": _CONTAINED,
+        "identifier": st.lists(
+            st.one_of(st.fixed_dictionaries({"system": _SYSTEMS}), st.builds(dict)), max_size=4
+        ),
+        "name": st.lists(st.builds(dict), max_size=1),
+    },
+)
+_ORGANIZATION = st.fixed_dictionaries(
+    {
+        "resourceType": st.just("Organization"),
+        "identifier": st.lists(st.fixed_dictionaries({"system": _SYSTEMS}), min_size=1, max_size=4),
+    },
+    optional={"name": st.just("x")},
+)
+_GOOD_ENTRY = st.fixed_dictionaries(
+    {"resource": _GOOD_RESOURCE},
+    optional={
+        "fullUrl": st.sampled_from(["urn:uuid:1", "urn:uuid:2", "Patient/1/_history/2", "Patient/1_history"]),
+        "request": st.builds(dict),
+        "response": st.builds(dict),
+    },
+)
+_ENTRY = st.one_of(
+    _JSON,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "fullUrl": _LEAVES,
+            "resource": st.one_of(_RESOURCE, _LEAVES),
+            "request": st.one_of(_JSON, st.builds(dict)),
+            "response": st.one_of(_JSON, st.builds(dict)),
+        },
+    ),
+)
+_BUNDLE = st.fixed_dictionaries(
+    {"resourceType": st.just("Bundle")},
+    optional={
+        "type": _LEAVES,
+        "entry": st.one_of(
+            st.lists(_GOOD_ENTRY, min_size=1, max_size=5), st.lists(_ENTRY, max_size=5), _JSON
+        ),
+    },
+)
+_FOCUS = {
+    "bundle": _BUNDLE,
+    "entry": st.one_of(_GOOD_ENTRY, _ENTRY),
+    "resource": st.one_of(_GOOD_RESOURCE, _RESOURCE),
+    "organization": _ORGANIZATION,
+    "any": _JSON,
+}
+
+
+def _outcome(fn: fp.Fn, focus: Any, resource: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(fp.Env(resource=resource, context=focus), [focus])
+    except fp.FhirPathError as exc:
+        return "error", str(exc)
+
+
+def _both(expression: str) -> tuple[fp.Fn, fp.Fn]:
+    general = fp.compile_expression(expression)
+    return with_fast_path(expression, general), general
+
+
+def test_every_fast_path_expression_is_declared_by_a_shipped_profile() -> None:
+    declared = set()
+    for url in shipped_profiles():
+        sd = structure_definition(url)
+        assert sd is not None
+        for el in sd["snapshot"]["element"]:
+            declared.update(c.get("expression") for c in el.get("constraint", []))
+    assert set(FAST_PATHS) <= declared
+
+
+@pytest.mark.parametrize("kind", sorted(_FOCUS))
+@pytest.mark.parametrize("expression", EXPRESSIONS, ids=_IDS)
+def test_fast_path_equals_the_general_evaluator(expression: str, kind: str) -> None:
+    fast, general = _both(expression)
+
+    @settings(
+        max_examples=150 if kind == "bundle" else 60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(focus=_FOCUS[kind], other=_BUNDLE, same=st.booleans())
+    def check(focus: Any, other: Any, same: bool) -> None:
+        resource = focus if same else other  # %resource: the focus itself, or a Bundle around it
+        assert _outcome(fast, focus, resource) == _outcome(general, focus, resource)
+
+    check()
+
+
+def _nodes(bundle: dict[str, Any]) -> list[Any]:
+    """The Bundle, its entries and their resources."""
+    out: list[Any] = [bundle]
+    for entry in bundle.get("entry", []):
+        out.extend([entry, entry.get("resource")])
+    return out
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS, ids=_IDS)
+def test_fast_paths_answer_on_the_official_examples(expression: str) -> None:
+    fast, general = _both(expression)
+    answered = 0
+    for path in sorted(SHARED.rglob("Bundle-*.json")):
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        for node in _nodes(bundle):
+            assert _outcome(fast, node, bundle) == _outcome(general, node, bundle), path.name
+            answered += FAST_PATHS[expression](fp.Env(resource=bundle, context=node), [node]) is not None
+    assert answered > 0
