@@ -1,8 +1,10 @@
-"""The fast paths of the commonest invariants answer exactly what the compiled FHIRPath answers.
+"""The validator's fast paths answer exactly what the general code behind them answers.
 
-Differential: for every expression with a fast path, on generated JSON (well-formed and not) and on
-every resource, entry and Bundle of the official examples, the expression behind its fast path gives
-the same collection, or raises the same error, as the general evaluator alone.
+Differential: for every invariant expression with a fast path, on generated JSON (well-formed and
+not) and on every resource, entry and Bundle of the official examples, the expression behind its
+fast path gives the same collection, or raises the same error, as the general evaluator alone. The
+structure walk's quick test of a primitive value is True exactly when ``check_primitive`` reports
+nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.medcom.validation import fhirpath as fp
+from bridge.medcom.validation import structure
 from bridge.medcom.validation.fastpaths import FAST_PATHS, with_fast_path
 from bridge.medcom.validation.terminology import shipped_profiles, structure_definition
 
@@ -231,3 +234,55 @@ def test_fast_paths_answer_on_the_official_examples(expression: str) -> None:
             assert _outcome(fast, node, bundle) == _outcome(general, node, bundle), path.name
             answered += FAST_PATHS[expression](fp.Env(resource=bundle, context=node), [node]) is not None
     assert answered > 0
+
+
+# ---- the structure walk's quick primitive test -------------------------------------------------------
+
+_PRIMITIVE_TYPES = sorted(
+    {
+        "boolean",
+        "integer",
+        "unsignedInt",
+        "positiveInt",
+        "decimal",
+        "integer64",
+        *structure._PRIMITIVE_RE,
+    }
+)
+_PRIMITIVE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**33), max_value=2**33),
+    st.sampled_from([0, 1, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1]),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.text(alphabet="0123456789-:T.+Z ", max_size=30),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "a b",
+            "\u00a0",
+            "x\n",
+            "2024-02-30",
+            "2024-05-01T10:00:00+02:00",
+            "2024-05-01T10:00:00",
+            "10:00:00",
+            "urn:uuid:0c3b3c3e-1f0a-4b8e-9a4e-0d2b5c7e8f90",
+            "urn:oid:1.2.208.176.1.2",
+            "<div>x</div>",
+            "QUJD",
+        ]
+    ),
+    st.builds(list),
+    st.builds(dict),
+)
+
+
+@pytest.mark.parametrize("ftype", _PRIMITIVE_TYPES)
+@settings(max_examples=150, deadline=None)
+@given(value=_PRIMITIVE_VALUES)
+def test_quick_primitive_test_agrees_with_check_primitive(ftype: str, value: Any) -> None:
+    issues: list[Any] = []
+    structure.check_primitive(ftype, value, "X", issues)
+    assert structure.primitive_test(ftype)(value) == (not issues)
