@@ -43,6 +43,9 @@ def _allowed_targets(targets: tuple[str, ...]) -> dict[str, list[str]]:
     return allowed
 
 
+_TRUE = [True]  # an invariant holds when it evaluates to this (never changed)
+
+
 class Run:
     """Validation state for one Bundle; implements :class:`fhirpath.Host`."""
 
@@ -212,7 +215,7 @@ class Run:
             # set for each invariant: a host function (conformsTo) may have run other invariants
             env.resource, env.context = resource, value
             try:
-                ok = inv.fn(env, [value]) == [True]
+                ok = inv.fn(env, [value]) == _TRUE
             except fhirpath.FhirPathError as exc:
                 self.add(
                     Issue(
