@@ -100,7 +100,11 @@ class Node:
     active_children: list[Node] = field(default_factory=list)
     json_keys: tuple[str, ...] = ()  # the JSON names: the key, or one per type of a choice element
     checks_value: bool = False  # a fixed or pattern value, a binding, type or target profiles
+    visits: bool = False  # something to check on each value: checks_value, invariants or children
+    absent_matters: bool = False  # when absent: a minimum cardinality, its own or a slice's
     closed: bool = False  # slicing rules 'closed': an item must match a slice
+    slice_path: str = ""  # with slice_index: the element whose string value selects the slice
+    slice_index: dict[str, int] | None = None  # that value -> the first slice it selects
 
 
 def _json_keys(node: Node) -> tuple[str, ...]:
@@ -225,6 +229,8 @@ def _activate(node: Node) -> bool:
         or node.target_profiles
         or node.type_profiles
     )
+    node.visits = bool(node.checks_value or node.invariants or node.active_children)
+    node.absent_matters = node.min_check > 0 or any(s.min > 0 for s in node.slices)
     node.active = bool(
         node.active_children
         or node.slices
@@ -362,6 +368,33 @@ def _build_matchers(node: Node) -> None:
         return
     for s in node.slices:
         s.matcher = _slice_matcher(node, s)
+    _index_slices(node)
+
+
+_SIMPLE_PATHS = ("url", "system", "role", "use", "id")
+
+
+def _index_slices(base: Node) -> None:
+    """Slicing by one value discriminator on a simple element (url, system, use ...) whose expected
+    values are strings: index each string to the first slice it selects, the slice the matchers would
+    find, so that an item finds its slice with one lookup."""
+    discriminators = (base.slicing or {}).get("discriminator", [])
+    if len(discriminators) != 1:
+        return
+    dtype, path = discriminators[0].get("type"), discriminators[0].get("path", "$this")
+    if dtype not in ("value", "pattern") or path not in _SIMPLE_PATHS:
+        return
+    index: dict[str, int] = {}
+    for i, s in enumerate(base.slices):
+        expected = _expected(s, path)
+        if expected is _MISSING:
+            continue  # no test: the slice's matcher never matches
+        values = expected.values if isinstance(expected, AnyOf) else (expected,)
+        if not all(isinstance(v, str) for v in values):
+            return
+        for v in values:
+            index.setdefault(v, i)
+    base.slice_path, base.slice_index = path, index
 
 
 def _slice_matcher(base: Node, s: Node) -> Callable[[str, Any], bool]:
@@ -402,7 +435,7 @@ def _type_test(base: Node, s: Node, path: str) -> Callable[[str, Any], bool]:
 
 
 def _value_test(path: str, expected: Any) -> Callable[[str, Any], bool]:
-    if path in ("url", "system", "role", "use", "id"):
+    if path in _SIMPLE_PATHS:
         if isinstance(expected, str):  # matches_pattern of a string is equality
             return lambda key, value: isinstance(value, dict) and value.get(path) == expected
         return lambda key, value: isinstance(value, dict) and matches_pattern(value.get(path), expected)
@@ -465,6 +498,8 @@ def _items(node: Node, obj: dict[str, Any], path: str, run: Run) -> list[Item]:
 
 def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resource: Any) -> None:
     for child in node.active_children:
+        if not child.choice and not child.absent_matters and obj.get(child.key) is None:
+            continue  # absent, and nothing requires it
         items = _items(child, obj, path, run)
         n = len(items)
         if n < child.min_check:
@@ -485,31 +520,41 @@ def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resour
                     (items[child.max_check][2],),
                 )
             )
-        for _key, value, item_path in items:
-            _check_value(child, value, item_path, run, resource)
+        if child.visits:
+            for _key, value, item_path in items:
+                _check_value(child, value, item_path, run, resource)
         if child.slices:
             _check_slices(child, items, path, run, resource)
+
+
+def _slice_of(node: Node, key: str, value: Any) -> int:
+    """The index of the first slice of ``node`` that an item matches, or -1."""
+    index = node.slice_index
+    if index is not None:
+        found = value.get(node.slice_path) if isinstance(value, dict) else None
+        return index.get(found, -1) if isinstance(found, str) else -1
+    for i, s in enumerate(node.slices):
+        if s.matcher is not None and s.matcher(key, value):
+            return i
+    return -1
 
 
 def _check_slices(node: Node, items: list[Item], path: str, run: Run, resource: Any) -> None:
     buckets: list[list[Item]] = [[] for _ in node.slices]
     for item in items:
-        key, value = item[0], item[1]
-        for i, s in enumerate(node.slices):
-            if s.matcher is not None and s.matcher(key, value):
-                buckets[i].append(item)
-                break
-        else:
-            if node.closed:
-                run.add(
-                    Issue(
-                        "error",
-                        "structure",
-                        f"{node.id}: the value matches none of the allowed slices "
-                        f"({', '.join(str(s.slice_name) for s in node.slices)})",
-                        (item[2],),
-                    )
+        i = _slice_of(node, item[0], item[1])
+        if i >= 0:
+            buckets[i].append(item)
+        elif node.closed:
+            run.add(
+                Issue(
+                    "error",
+                    "structure",
+                    f"{node.id}: the value matches none of the allowed slices "
+                    f"({', '.join(str(s.slice_name) for s in node.slices)})",
+                    (item[2],),
                 )
+            )
     for i, s in enumerate(node.slices):
         got = buckets[i]
         if len(got) < s.min:

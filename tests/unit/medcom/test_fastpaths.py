@@ -286,3 +286,47 @@ def test_quick_primitive_test_agrees_with_check_primitive(ftype: str, value: Any
     issues: list[Any] = []
     structure.check_primitive(ftype, value, "X", issues)
     assert structure.primitive_test(ftype)(value) == (not issues)
+
+
+# ---- slices found by an index -----------------------------------------------------------------------
+
+
+def _compiled_nodes() -> list[Any]:
+    from bridge.medcom.validation.profile import compile_profile
+
+    found: dict[int, Any] = {}
+    todo = [compile_profile(url) for url in shipped_profiles()]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in found:
+            continue
+        found[id(node)] = node
+        todo.extend(node.children.values())
+        todo.extend(node.slices)
+    return list(found.values())
+
+
+def test_slice_index_finds_the_slice_the_matchers_find() -> None:
+    from bridge.medcom.validation.profile import AnyOf, _expected, _slice_of
+
+    indexed = [n for n in _compiled_nodes() if n.slice_index is not None]
+    assert len(indexed) > 10
+    expected = [_expected(s, n.slice_path) for n in indexed for s in n.slices]
+    strings = sorted(
+        {v for e in expected for v in (e.values if isinstance(e, AnyOf) else (e,)) if isinstance(v, str)}
+        | {"", "x", "http://example.org"}
+    )
+    for node in indexed:
+        values: list[Any] = [None, "x", 3, [], [{}]]
+        for v in [*strings, None, 3, ["x"], {"a": "b"}]:
+            values.extend([{node.slice_path: v}, {node.slice_path: v, "other": 1}])
+        values.append({"other": 1})
+        for value in values:
+            assert _slice_of(node, node.key, value) == _by_matchers(node, value), (node.id, value)
+
+
+def _by_matchers(node: Any, value: Any) -> int:
+    for i, s in enumerate(node.slices):
+        if s.matcher is not None and s.matcher(node.key, value):
+            return i
+    return -1
