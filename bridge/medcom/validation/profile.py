@@ -102,6 +102,7 @@ class Node:
     checks_value: bool = False  # a fixed or pattern value, a binding, type or target profiles
     visits: bool = False  # something to check on each value: checks_value, invariants or children
     absent_matters: bool = False  # when absent: a minimum cardinality, its own or a slice's
+    one_value_ok: bool = False  # a single value meets the cardinality, and there are no slices
     closed: bool = False  # slicing rules 'closed': an item must match a slice
     slice_path: str = ""  # with slice_index: the element whose string value selects the slice
     slice_index: dict[str, int] | None = None  # that value -> the first slice it selects
@@ -231,6 +232,9 @@ def _activate(node: Node) -> bool:
     )
     node.visits = bool(node.checks_value or node.invariants or node.active_children)
     node.absent_matters = node.min_check > 0 or any(s.min > 0 for s in node.slices)
+    node.one_value_ok = (
+        node.min_check <= 1 and (node.max_check is None or node.max_check >= 1) and not node.slices
+    )
     node.active = bool(
         node.active_children
         or node.slices
@@ -498,8 +502,14 @@ def _items(node: Node, obj: dict[str, Any], path: str, run: Run) -> list[Item]:
 
 def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resource: Any) -> None:
     for child in node.active_children:
-        if not child.choice and not child.absent_matters and obj.get(child.key) is None:
-            continue  # absent, and nothing requires it
+        if not child.choice:
+            value = obj.get(child.key)
+            if value is None and not child.absent_matters:
+                continue  # absent, and nothing requires it
+            if child.one_value_ok and value is not None and not isinstance(value, list):
+                if child.visits:
+                    _check_value(child, value, f"{path}.{child.key}", run, resource)
+                continue
         items = _items(child, obj, path, run)
         n = len(items)
         if n < child.min_check:

@@ -218,18 +218,9 @@ def _check_object(
         out.append(_err("invariant", "ele-1: an element must have a value or children", path))
     seen_choices: dict[str, str] = {}
     for key, value in node.items():
-        if key == "resourceType" and is_resource:
-            continue
-        if key[:1] == "_":
-            el = elements.get(key[1:])
-            if el is None or not el.primitive:
-                out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
-            else:
-                _check_primitive_extension(value, f"{path}.{key}", out)
-            continue
-        el = elements.get(key)
+        el = elements.get(key)  # no element is named 'resourceType' in a resource, or '_...'
         if el is None:
-            out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
+            _check_other_key(key, value, info, path, out, is_resource)
             continue
         if el.choice is not None:
             other = seen_choices.get(el.choice)
@@ -258,6 +249,22 @@ def _check_object(
         out.append(
             _err("invariant", "ext-1: an extension must have either extensions or a value, not both", path)
         )
+
+
+def _check_other_key(
+    key: str, value: Any, info: TypeInfo, path: str, out: list[Issue], is_resource: bool
+) -> None:
+    """A key that names no element: a resource's resourceType, a primitive's extension, or unknown."""
+    if key == "resourceType" and is_resource:
+        return
+    if key[:1] == "_":
+        el = info.elements.get(key[1:])
+        if el is None or not el.primitive:
+            out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
+        else:
+            _check_primitive_extension(value, f"{path}.{key}", out)
+        return
+    out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
 
 
 def _check_value(el: Element, value: Any, path: str, out: list[Issue], ext: Any) -> None:
