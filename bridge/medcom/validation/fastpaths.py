@@ -120,6 +120,66 @@ def entries_match_bundle_type(element: str, types: frozenset[str]) -> FastPath:
     return fast
 
 
+def no_total(env: Env, focus: Coll) -> Coll | None:
+    """bdl-1 ``total.empty() or (type = 'searchset') or (type = 'history')``."""
+    bundle = _one_object(focus)
+    if bundle is None or bundle.get("total") is not None:
+        return None
+    return [True]
+
+
+def no_search(env: Env, focus: Coll) -> Coll | None:
+    """bdl-2 ``entry.search.empty() or (type = 'searchset')``."""
+    bundle = _one_object(focus)
+    if bundle is None:
+        return None
+    entries = bundle.get("entry")
+    if entries is None:
+        return [True]
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("search") is not None:
+            return None
+    return [True]
+
+
+def not_a_document(env: Env, focus: Coll) -> Coll | None:
+    """bdl-9, bdl-10, bdl-11 ``type = 'document' implies ...``: true of a Bundle of another type."""
+    bundle = _one_object(focus)
+    if bundle is None:
+        return None
+    bundle_type = bundle.get("type")
+    if isinstance(bundle_type, str) and bundle_type != "document":
+        return [True]
+    return None
+
+
+def has_resource_of_type(resource_type: str) -> FastPath:
+    """``entry.resource.ofType(T).exists()``."""
+
+    def fast(env: Env, focus: Coll) -> Coll | None:
+        bundle = _one_object(focus)
+        if bundle is None:
+            return None
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            return None
+        found = False
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            resource = entry.get("resource")
+            if resource is None:
+                continue
+            if not isinstance(resource, dict) or resource.get("resourceType") is None:
+                return None
+            found = found or resource.get("resourceType") == resource_type
+        return [found]
+
+    return fast
+
+
 def distinct_full_urls(env: Env, focus: Coll) -> Coll | None:
     """bdl-7: unless a history, no two entries share fullUrl and resource.meta.versionId."""
     bundle = _one_object(focus)
@@ -255,6 +315,12 @@ FAST_PATHS: dict[str, FastPath] = {
     ),
     "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl&resource.meta.versionId)"
     ".isDistinct()": distinct_full_urls,
+    "total.empty() or (type = 'searchset') or (type = 'history')": no_total,
+    "entry.search.empty() or (type = 'searchset')": no_search,
+    "type = 'document' implies (identifier.system.exists() and identifier.value.exists())": not_a_document,
+    "type = 'document' implies (timestamp.hasValue())": not_a_document,
+    "type = 'document' implies entry.first().resource.is(Composition)": not_a_document,
+    "entry.resource.ofType(Provenance).exists()": has_resource_of_type("Provenance"),
     "(identifier.count() + name.count()) > 0": identifier_or_name,
     "identifier.where(system='urn:oid:1.2.208.176.1.1' or system='https://kombit.dk/sts/organisation'"
     " or system='urn:oid:2.16.840.1.113883.2.24.1.1').exists()": identifier_with_system(

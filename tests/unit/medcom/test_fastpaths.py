@@ -46,6 +46,9 @@ _KEYS = (
     "resourceType",
     "id",
     "reference",
+    "total",
+    "search",
+    "timestamp",
 )
 _LEAVES = st.sampled_from(
     [
@@ -64,7 +67,10 @@ _LEAVES = st.sampled_from(
         "batch-response",
         "transaction-response",
         "message",
+        "document",
+        "searchset",
         "Patient",
+        "Provenance",
         "Organization",
         "urn:oid:1.2.208.176.1.1",
         "https://kombit.dk/sts/organisation",
@@ -120,7 +126,7 @@ _CONTAINED = st.lists(
     max_size=2,
 )
 _GOOD_RESOURCE = st.fixed_dictionaries(
-    {"resourceType": st.sampled_from(["Patient", "Organization"])},
+    {"resourceType": st.sampled_from(["Patient", "Organization", "Provenance"])},
     optional={
         "meta": st.fixed_dictionaries({}, optional={"versionId": st.sampled_from(["1", "2"])}),
         "text": st.fixed_dictionaries({}, optional={"div": st.just("<div>x</div>")}),
@@ -144,6 +150,7 @@ _GOOD_ENTRY = st.fixed_dictionaries(
         "fullUrl": st.sampled_from(["urn:uuid:1", "urn:uuid:2", "Patient/1/_history/2", "Patient/1_history"]),
         "request": st.builds(dict),
         "response": st.builds(dict),
+        "search": st.builds(dict),
     },
 )
 _ENTRY = st.one_of(
@@ -161,7 +168,10 @@ _ENTRY = st.one_of(
 _BUNDLE = st.fixed_dictionaries(
     {"resourceType": st.just("Bundle")},
     optional={
-        "type": _LEAVES,
+        "type": st.one_of(_LEAVES, st.sampled_from(["document", "message", "searchset", "history"])),
+        "total": st.one_of(st.just(1), _LEAVES),
+        "timestamp": _LEAVES,
+        "identifier": _JSON,
         "entry": st.one_of(
             st.lists(_GOOD_ENTRY, min_size=1, max_size=5), st.lists(_ENTRY, max_size=5), _JSON
         ),
