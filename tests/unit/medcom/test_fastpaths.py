@@ -267,6 +267,8 @@ _PRIMITIVE_VALUES = st.one_of(
     st.floats(allow_nan=True),
     st.text(max_size=12),
     st.text(alphabet="0123456789-:T.+Z ", max_size=30),
+    st.text(alphabet="AZaz09+/= \t\n\x0b\x0c\r\x1c\x1f\x85\xa0\u2003\u00e9", max_size=20),
+    st.text(alphabet=" \t\n\x1c\xa0\u2003<div>x", max_size=12),
     st.sampled_from(
         [
             "",
@@ -281,6 +283,16 @@ _PRIMITIVE_VALUES = st.one_of(
             "urn:uuid:0c3b3c3e-1f0a-4b8e-9a4e-0d2b5c7e8f90",
             "urn:oid:1.2.208.176.1.2",
             "<div>x</div>",
+            " <div>x</div>",
+            "\n\t<div",
+            "\u00a0<div>",
+            "\x1c<div",
+            "<di",
+            " x<div",
+            "QUJD\nQUJD\x1c",
+            "QUJD\u2003",
+            "QUJ D=",
+            "QU\u00e9",
             "QUJD",
         ]
     ),
