@@ -64,6 +64,7 @@ class Element:
     choice: str | None  # the [x] group, e.g. 'value' for valueCoding
     #: for a primitive: True when check_primitive finds nothing wrong with a value (a quick test)
     valid: Callable[[Any], bool] | None = field(default=None, compare=False)
+    data_type: bool = False  # neither primitive nor Resource: a data type or backbone element
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,7 @@ def type_info(type_name: str) -> TypeInfo | None:
             required,
             choice if isinstance(choice, str) else None,
             primitive_test(ftype) if primitive else None,
+            not primitive and ftype != "Resource",
         )
     required_elements = tuple(el for el in elements.values() if el.required and el.choice is None)
     return TypeInfo(type_name, elements, frozenset(required_choices), required_elements)
@@ -261,6 +263,12 @@ def _check_object(
             if not isinstance(value, list):
                 check_primitive(el.type, value, f"{path}.{key}", out)
                 continue
+        elif el.data_type and not el.is_list and isinstance(value, dict):
+            # a single object of a data type or backbone element: straight to its elements
+            nested = type_info(el.type)
+            if nested is not None:
+                _check_object(value, nested, f"{path}.{key}", out, is_resource=False)
+            continue
         _check_value(el, value, f"{path}.{key}", out, node.get("_" + key) if el.primitive else None)
     for el in info.required:
         if el.name not in node:
