@@ -26,7 +26,7 @@ from typing import Any
 
 TESTS = Path(__file__).resolve().parents[1]
 MEDCOM = TESTS.parents[1] / "shared" / "medcom"
-FIXTURE = TESTS / "fixtures" / "medcom-validation-outcomes.json"
+FIXTURE = TESTS / "fixtures" / "medcom" / "validation-outcomes.json"  # apart from the municipal records
 MUTANTS_PER_EXAMPLE = 40
 
 Bundle = dict[str, Any]

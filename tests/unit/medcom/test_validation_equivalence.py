@@ -1,6 +1,6 @@
 """The validator gives exactly the outcomes it gave before it was made faster.
 
-``tests/fixtures/medcom-validation-outcomes.json`` holds, for a deterministic corpus of the official
+``tests/fixtures/medcom/validation-outcomes.json`` holds, for a deterministic corpus of the official
 MedCom examples and about 1,700 damaged copies of them (``tests/support/validation_corpus.py``), every
 issue the validator reported before its performance work: severity, code, diagnostics, location and
 details, in order. Any change of any of them fails here, with the message's name in the corpus.
