@@ -74,7 +74,7 @@ def check_replacement_cpr(value: str) -> str | None:
 
 def gln_check_digit(first12: str) -> int:
     """The GS1 check digit for the first 12 digits of a GLN (weights 1,3 from the left)."""
-    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(first12))
+    total = sum(map(int, first12[0::2])) + 3 * sum(map(int, first12[1::2]))
     return (10 - total % 10) % 10
 
 

@@ -207,7 +207,10 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 def _flatten_into(out: Coll, value: Any) -> None:
     if isinstance(value, list):
-        out.extend(v for v in value if v is not None)
+        if None in value:
+            out.extend([v for v in value if v is not None])
+        else:
+            out.extend(value)
     elif value is not None:
         out.append(value)
 
@@ -263,8 +266,12 @@ def _resource_types() -> frozenset[str]:
     return frozenset(found)
 
 
-def _type_matches(item: Any, type_name: str) -> bool:
-    name = type_name.rsplit(".", 1)[-1]
+def _type_name(type_name: str) -> str:
+    """The name :func:`_is_type` compares: ``FHIR.Patient`` and ``System.String`` without namespace."""
+    return type_name.rsplit(".", 1)[-1]
+
+
+def _is_type(item: Any, name: str) -> bool:
     if isinstance(item, dict):
         rt = item.get("resourceType")
         if rt is not None:
@@ -288,6 +295,8 @@ def _equal(a: Coll, b: Coll) -> Coll:
         return []
     if len(a) != len(b):
         return [False]
+    if len(a) == 1:
+        return [bool(a[0] == b[0])]
     return [all(x == y for x, y in zip(a, b, strict=True))]
 
 
@@ -527,10 +536,20 @@ def _member(name: str) -> Fn:
     return member
 
 
-def _chain(left: Fn, right: Fn) -> Fn:
-    def chain(env: Env, focus: Coll) -> Coll:
-        return right(env, left(env, focus))
+# The steps of each compiled path (``a.b.c``): a longer path extends its prefix's steps and runs them
+# in one loop instead of one nested call per step.
+_CHAIN_STEPS: weakref.WeakKeyDictionary[Fn, tuple[Fn, ...]] = weakref.WeakKeyDictionary()
 
+
+def _chain(left: Fn, right: Fn) -> Fn:
+    steps = (*_CHAIN_STEPS.get(left, (left,)), right)
+
+    def chain(env: Env, focus: Coll) -> Coll:
+        for step in steps:
+            focus = step(env, focus)
+        return focus
+
+    _CHAIN_STEPS[chain] = steps
     return _independent(chain) if left in _INDEPENDENT else chain
 
 
@@ -546,13 +565,15 @@ def _indexer(base: Fn, index: Fn) -> Fn:
 
 
 def _type_op(op: str, operand: Fn, type_name: str) -> Fn:
+    name = _type_name(type_name)
+
     def type_op(env: Env, focus: Coll) -> Coll:
         items = operand(env, focus)
         if op == "is":
             if not items:
                 return []
-            return [_type_matches(_single(items), type_name)]
-        return [i for i in items if _type_matches(i, type_name)]
+            return [_is_type(_single(items), name)]
+        return [i for i in items if _is_type(i, name)]
 
     return type_op
 
@@ -733,10 +754,10 @@ def _function(name: str, args: list[Fn], raw: list[str]) -> Fn:
     if name == "single" and n == 0:
         return lambda env, focus: [] if not focus else [_single(focus)]
     if name in ("ofType", "is", "as") and n == 1:
-        type_name = _literal_arg(raw, name)
+        type_name = _type_name(_literal_arg(raw, name))
         if name == "is":
-            return lambda env, focus: [] if not focus else [_type_matches(_single(focus), type_name)]
-        return lambda env, focus: [i for i in focus if _type_matches(i, type_name)]
+            return lambda env, focus: [] if not focus else [_is_type(_single(focus), type_name)]
+        return lambda env, focus: [i for i in focus if _is_type(i, type_name)]
     if name == "iif" and n in (2, 3):
         crit, then = args[0], args[1]
         other = args[2] if n == 3 else None

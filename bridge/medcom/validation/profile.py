@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.fhir.outcome import Issue
 from bridge.medcom.validation import fhirpath
+from bridge.medcom.validation.fastpaths import with_fast_path
 from bridge.medcom.validation.terminology import (
     DK_CORE_IDENTIFIER_SYSTEMS,
     CodeSet,
@@ -97,12 +98,20 @@ class Node:
     matcher: Callable[[str, Any], bool] | None = None
     active: bool = False
     active_children: list[Node] = field(default_factory=list)
+    json_keys: tuple[str, ...] = ()  # the JSON names: the key, or one per type of a choice element
+    checks_value: bool = False  # a fixed or pattern value, a binding, type or target profiles
+    visits: bool = False  # something to check on each value: checks_value, invariants or children
+    absent_matters: bool = False  # when absent: a minimum cardinality, its own or a slice's
+    one_value_ok: bool = False  # a single value meets the cardinality, and there are no slices
+    closed: bool = False  # slicing rules 'closed': an item must match a slice
+    slice_path: str = ""  # with slice_index: the element whose string value selects the slice
+    slice_index: dict[str, int] | None = None  # that value -> the first slice it selects
 
-    @property
-    def json_keys(self) -> tuple[str, ...]:
-        if not self.choice:
-            return (self.key,)
-        return tuple(self.key + t[0].upper() + t[1:] for t in self.types if not t.startswith("http"))
+
+def _json_keys(node: Node) -> tuple[str, ...]:
+    if not node.choice:
+        return (node.key,)
+    return tuple(node.key + t[0].upper() + t[1:] for t in node.types if not t.startswith("http"))
 
 
 def _card(value: Any) -> int | None:
@@ -134,7 +143,7 @@ def _compile_invariant(c: dict[str, Any]) -> Invariant | None:
     if not expression or (base and key in SKIPPED_BASE_INVARIANTS):
         return None
     try:
-        fn = fhirpath.compile_expression(expression)
+        fn = with_fast_path(expression, fhirpath.compile_expression(expression))
     except fhirpath.FhirPathUnsupported:
         fn = _fallback(expression)
     return Invariant(key, c.get("severity", "error"), c.get("human", ""), expression, fn, base)
@@ -173,6 +182,7 @@ def _element_node(el: dict[str, Any], segment: str) -> Node:
         max=_card(el.get("max")),
         slice_name=slice_name or None,
     )
+    node.json_keys = _json_keys(node)
     base_min = int(base.get("min", 0))
     node.min_check = node.min if node.min > base_min else 0
     if node.max is not None and (base_max is None or node.max < base_max):
@@ -200,6 +210,7 @@ def _element_node(el: dict[str, Any], segment: str) -> Node:
             node.invariants.append(inv)
     if el.get("slicing"):
         node.slicing = el["slicing"]
+        node.closed = el["slicing"].get("rules") == "closed"
     return node
 
 
@@ -212,6 +223,18 @@ def _activate(node: Node) -> bool:
     node.active_children = [c for c in node.children.values() if c.active]
     if node.type_profiles and node.children:
         node.type_profiles = ()  # the snapshot already inlines the profile's elements
+    node.checks_value = bool(
+        node.fixed is not _MISSING
+        or node.pattern is not _MISSING
+        or node.codes is not None
+        or node.target_profiles
+        or node.type_profiles
+    )
+    node.visits = bool(node.checks_value or node.invariants or node.active_children)
+    node.absent_matters = node.min_check > 0 or any(s.min > 0 for s in node.slices)
+    node.one_value_ok = (
+        node.min_check <= 1 and (node.max_check is None or node.max_check >= 1) and not node.slices
+    )
     node.active = bool(
         node.active_children
         or node.slices
@@ -349,6 +372,33 @@ def _build_matchers(node: Node) -> None:
         return
     for s in node.slices:
         s.matcher = _slice_matcher(node, s)
+    _index_slices(node)
+
+
+_SIMPLE_PATHS = ("url", "system", "role", "use", "id")
+
+
+def _index_slices(base: Node) -> None:
+    """Slicing by one value discriminator on a simple element (url, system, use ...) whose expected
+    values are strings: index each string to the first slice it selects, the slice the matchers would
+    find, so that an item finds its slice with one lookup."""
+    discriminators = (base.slicing or {}).get("discriminator", [])
+    if len(discriminators) != 1:
+        return
+    dtype, path = discriminators[0].get("type"), discriminators[0].get("path", "$this")
+    if dtype not in ("value", "pattern") or path not in _SIMPLE_PATHS:
+        return
+    index: dict[str, int] = {}
+    for i, s in enumerate(base.slices):
+        expected = _expected(s, path)
+        if expected is _MISSING:
+            continue  # no test: the slice's matcher never matches
+        values = expected.values if isinstance(expected, AnyOf) else (expected,)
+        if not all(isinstance(v, str) for v in values):
+            return
+        for v in values:
+            index.setdefault(v, i)
+    base.slice_path, base.slice_index = path, index
 
 
 def _slice_matcher(base: Node, s: Node) -> Callable[[str, Any], bool]:
@@ -365,7 +415,16 @@ def _slice_matcher(base: Node, s: Node) -> Callable[[str, Any], bool]:
             tests.append(_value_test(path, expected))
     if not tests:
         return lambda key, value: False
-    return lambda key, value: all(t(key, value) for t in tests)
+    if len(tests) == 1:
+        return tests[0]
+
+    def matcher(key: str, value: Any) -> bool:
+        for test in tests:
+            if not test(key, value):
+                return False
+        return True
+
+    return matcher
 
 
 def _type_test(base: Node, s: Node, path: str) -> Callable[[str, Any], bool]:
@@ -380,7 +439,9 @@ def _type_test(base: Node, s: Node, path: str) -> Callable[[str, Any], bool]:
 
 
 def _value_test(path: str, expected: Any) -> Callable[[str, Any], bool]:
-    if path in ("url", "system", "role", "use", "id"):
+    if path in _SIMPLE_PATHS:
+        if isinstance(expected, str):  # matches_pattern of a string is equality
+            return lambda key, value: isinstance(value, dict) and value.get(path) == expected
         return lambda key, value: isinstance(value, dict) and matches_pattern(value.get(path), expected)
     fn = fhirpath.compile_expression(path)
 
@@ -405,6 +466,14 @@ def check_root(root: Node, value: dict[str, Any], path: str, run: Run, resource:
 
 
 def _items(node: Node, obj: dict[str, Any], path: str, run: Run) -> list[Item]:
+    if not node.choice:
+        key = node.key
+        value = obj.get(key)
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return [(key, v, f"{path}.{key}[{i}]") for i, v in enumerate(value) if v is not None]
+        return [(key, value, f"{path}.{key}")]
     out: list[Item] = []
     for key in node.json_keys:
         value = obj.get(key)
@@ -433,6 +502,14 @@ def _items(node: Node, obj: dict[str, Any], path: str, run: Run) -> list[Item]:
 
 def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resource: Any) -> None:
     for child in node.active_children:
+        if not child.choice:
+            value = obj.get(child.key)
+            if value is None and not child.absent_matters:
+                continue  # absent, and nothing requires it
+            if child.one_value_ok and value is not None and not isinstance(value, list):
+                if child.visits:
+                    _check_value(child, value, f"{path}.{child.key}", run, resource)
+                continue
         items = _items(child, obj, path, run)
         n = len(items)
         if n < child.min_check:
@@ -453,31 +530,41 @@ def _check_children(node: Node, obj: dict[str, Any], path: str, run: Run, resour
                     (items[child.max_check][2],),
                 )
             )
-        for _key, value, item_path in items:
-            _check_value(child, value, item_path, run, resource)
+        if child.visits:
+            for _key, value, item_path in items:
+                _check_value(child, value, item_path, run, resource)
         if child.slices:
             _check_slices(child, items, path, run, resource)
 
 
+def _slice_of(node: Node, key: str, value: Any) -> int:
+    """The index of the first slice of ``node`` that an item matches, or -1."""
+    index = node.slice_index
+    if index is not None:
+        found = value.get(node.slice_path) if isinstance(value, dict) else None
+        return index.get(found, -1) if isinstance(found, str) else -1
+    for i, s in enumerate(node.slices):
+        if s.matcher is not None and s.matcher(key, value):
+            return i
+    return -1
+
+
 def _check_slices(node: Node, items: list[Item], path: str, run: Run, resource: Any) -> None:
-    buckets: dict[int, list[Item]] = {i: [] for i in range(len(node.slices))}
-    closed = (node.slicing or {}).get("rules") == "closed"
+    buckets: list[list[Item]] = [[] for _ in node.slices]
     for item in items:
-        for i, s in enumerate(node.slices):
-            if s.matcher is not None and s.matcher(item[0], item[1]):
-                buckets[i].append(item)
-                break
-        else:
-            if closed:
-                run.add(
-                    Issue(
-                        "error",
-                        "structure",
-                        f"{node.id}: the value matches none of the allowed slices "
-                        f"({', '.join(str(s.slice_name) for s in node.slices)})",
-                        (item[2],),
-                    )
+        i = _slice_of(node, item[0], item[1])
+        if i >= 0:
+            buckets[i].append(item)
+        elif node.closed:
+            run.add(
+                Issue(
+                    "error",
+                    "structure",
+                    f"{node.id}: the value matches none of the allowed slices "
+                    f"({', '.join(str(s.slice_name) for s in node.slices)})",
+                    (item[2],),
                 )
+            )
     for i, s in enumerate(node.slices):
         got = buckets[i]
         if len(got) < s.min:
@@ -503,6 +590,16 @@ def _check_slices(node: Node, items: list[Item], path: str, run: Run, resource: 
 
 
 def _check_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> None:
+    if node.checks_value:
+        _check_own_value(node, value, path, run, resource)
+    if node.invariants:
+        run.check_invariants(node.invariants, value, path, resource)
+    if node.active_children and isinstance(value, dict):
+        _check_children(node, value, path, run, resource)
+
+
+def _check_own_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> None:
+    """The checks on the value itself: fixed, pattern, binding, target and type profiles."""
     if node.fixed is not _MISSING and value != node.fixed:
         run.add(Issue("error", "value", f"{node.id}: must be exactly {node.fixed!r}", (path,)))
     if node.pattern is not _MISSING and not matches_pattern(value, node.pattern):
@@ -514,10 +611,6 @@ def _check_value(node: Node, value: Any, path: str, run: Run, resource: Any) -> 
     if node.type_profiles and isinstance(value, dict):
         for url in node.type_profiles:
             run.check_type_profile(url, value, path, resource)
-    for inv in node.invariants:
-        run.check_invariant(inv, value, path, resource)
-    if node.active_children and isinstance(value, dict):
-        _check_children(node, value, path, run, resource)
 
 
 def _check_binding(node: Node, codes: CodeSet, value: Any, path: str, run: Run) -> None:

@@ -158,12 +158,40 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
                 yield from _references(item, f"{path}[{i}]")
 
 
+def _resolves(node: dict[str, Any] | list[Any], run: Run) -> bool:
+    """True when every reference :func:`_references` finds under ``node`` is local or resolves.
+
+    The same walk without locations: most messages have no unresolved reference, and only an
+    element that has one is walked again for the locations.
+    """
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and not ref.startswith("#") and run.resolve(ref) is None:
+            return False
+        for key, value in node.items():
+            if (
+                isinstance(value, (dict, list))  # a tuple: quicker than dict | list here
+                and key != "text"
+                and key != "reference"
+                and key[:1] != "_"
+                and not _resolves(value, run)
+            ):
+                return False
+        return True
+    for item in node:
+        if isinstance(item, (dict, list)) and not _resolves(item, run):
+            return False
+    return True
+
+
 def references_resolve(bundle: dict[str, Any], run: Run, kind: MessageKind) -> None:
     for i, resource in _entries(bundle):
         rtype = str(resource.get("resourceType"))
         base = f"Bundle.entry[{i}].resource"
         for key, value in resource.items():
             if key == "text" or (rtype, key) in _EXEMPT or not isinstance(value, dict | list):
+                continue
+            if _resolves(value, run):
                 continue
             for ref, path in _references(value, f"{base}.{key}"):
                 if ref.startswith("#") or run.resolve(ref) is not None:

@@ -7,6 +7,8 @@ checked against a profile once per run, whoever asks first).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 from bridge.fhir.outcome import Issue
@@ -25,12 +27,32 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+@cache
+def _allowed_targets(targets: tuple[str, ...]) -> dict[str, list[str]]:
+    """The resource types a Reference's target profiles allow, each with its shipped profiles.
+
+    Compiled once per tuple of target profiles; callers must not change the result.
+    """
+    allowed: dict[str, list[str]] = {}
+    for url in targets:
+        sd = structure_definition(url)
+        rt = sd.get("type") if sd is not None else url.rsplit("/", 1)[-1]
+        allowed.setdefault(str(rt), [])
+        if sd is not None:
+            allowed[str(rt)].append(url)
+    return allowed
+
+
+_TRUE = [True]  # an invariant holds when it evaluates to this (never changed)
+
+
 class Run:
     """Validation state for one Bundle; implements :class:`fhirpath.Host`."""
 
     def __init__(self, bundle: dict[str, Any], pins: dict[str, str] | None = None) -> None:
         self.bundle = bundle
         self.issues: list[Issue] = []
+        self._errors = 0  # issues of severity error or fatal in self.issues
         self._pins = pins or {}
         self._capped: list[str] = []
         self._seen: set[tuple[str, tuple[str, ...]]] = set()
@@ -74,9 +96,11 @@ class Run:
         if key not in self._seen:
             self._seen.add(key)
             self.issues.append(issue)
+            if issue.severity in ("error", "fatal"):
+                self._errors += 1
 
     def error_count(self) -> int:
-        return sum(1 for i in self.issues if i.severity in ("error", "fatal"))
+        return self._errors
 
     # -- Host -------------------------------------------------------------------------------------
 
@@ -163,13 +187,7 @@ class Run:
         if target is None:
             return  # unresolved references are the 'references-resolve' rule's finding
         rtype = str(target.get("resourceType"))
-        allowed: dict[str, list[str]] = {}
-        for url in targets:
-            sd = structure_definition(url)
-            rt = sd.get("type") if sd is not None else url.rsplit("/", 1)[-1]
-            allowed.setdefault(str(rt), [])
-            if sd is not None:
-                allowed[str(rt)].append(url)
+        allowed = _allowed_targets(targets)
         if rtype not in allowed:
             self.add(
                 Issue(
@@ -183,30 +201,36 @@ class Run:
         for url in allowed[str(rtype)]:
             self.check_profile(target, url)
 
-    def check_invariant(self, inv: Invariant, value: Any, path: str, resource: Any) -> None:
-        """Evaluate one invariant with ``value`` as focus; base invariants once per element."""
-        if inv.base:
-            key = (id(value), inv.key)
-            if key in self._base_done:
-                return
-            self._base_done.add(key)
-        try:
-            env = self._env
+    def check_invariants(self, invariants: Sequence[Invariant], value: Any, path: str, resource: Any) -> None:
+        """Evaluate an element's invariants in order with ``value`` as focus; base invariants once
+        per element."""
+        env = self._env
+        base_done = self._base_done
+        for inv in invariants:
+            if inv.base:
+                key = (id(value), inv.key)
+                if key in base_done:
+                    continue
+                base_done.add(key)
+            # set for each invariant: a host function (conformsTo) may have run other invariants
             env.resource, env.context = resource, value
-            result = inv.fn(env, [value])
-            ok = result == [True]
-        except fhirpath.FhirPathError as exc:
-            self.add(
-                Issue(
-                    "warning",
-                    "processing",
-                    f"{inv.key}: the invariant could not be evaluated ({exc})",
-                    (path,),
+            try:
+                ok = inv.fn(env, [value]) == _TRUE
+            except fhirpath.FhirPathError as exc:
+                self.add(
+                    Issue(
+                        "warning",
+                        "processing",
+                        f"{inv.key}: the invariant could not be evaluated ({exc})",
+                        (path,),
+                    )
                 )
-            )
-            return
-        if not ok:
-            if inv.severity == "warning":
-                self.add(Issue("warning", "invariant", f"{inv.key}: {inv.human}", (path,)))
-            else:
-                self.add(Issue("error", "invariant", f"{inv.key}: {inv.human}", (path,)))
+                continue
+            if not ok:
+                self._invariant_failed(inv, path)
+
+    def _invariant_failed(self, inv: Invariant, path: str) -> None:
+        if inv.severity == "warning":
+            self.add(Issue("warning", "invariant", f"{inv.key}: {inv.human}", (path,)))
+        else:
+            self.add(Issue("error", "invariant", f"{inv.key}: {inv.human}", (path,)))

@@ -14,8 +14,10 @@ children) and ``ext-1`` (an extension has a value or nested extensions, not both
 from __future__ import annotations
 
 import re
+import string
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -60,6 +62,9 @@ class Element:
     primitive: bool
     required: bool
     choice: str | None  # the [x] group, e.g. 'value' for valueCoding
+    #: for a primitive: True when check_primitive finds nothing wrong with a value (a quick test)
+    valid: Callable[[Any], bool] | None = field(default=None, compare=False)
+    data_type: bool = False  # neither primitive nor Resource: a data type or backbone element
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class TypeInfo:
     name: str
     elements: dict[str, Element]
     required_choices: frozenset[str]
+    #: the required elements outside choice groups, in element order
+    required: tuple[Element, ...] = ()
 
 
 def _primitive_name(meta: Any) -> str:
@@ -113,20 +120,28 @@ def type_info(type_name: str) -> TypeInfo | None:
         return None
     elements: dict[str, Element] = {}
     required_choices: set[str] = set()
-    for field in model.model_fields.values():
-        extra = field.json_schema_extra
+    for model_field in model.model_fields.values():
+        extra = model_field.json_schema_extra
         if not isinstance(extra, dict) or not extra.get("element_property"):
             continue
-        name = field.alias or ""
-        ftype, is_list, primitive = _describe(field.annotation)
+        name = model_field.alias or ""
+        ftype, is_list, primitive = _describe(model_field.annotation)
         choice = extra.get("one_of_many")
         if isinstance(choice, str) and extra.get("one_of_many_required"):
             required_choices.add(choice)
-        required = bool(extra.get("element_required")) or field.is_required()
+        required = bool(extra.get("element_required")) or model_field.is_required()
         elements[name] = Element(
-            name, ftype, is_list, primitive, required, choice if isinstance(choice, str) else None
+            name,
+            ftype,
+            is_list,
+            primitive,
+            required,
+            choice if isinstance(choice, str) else None,
+            primitive_test(ftype) if primitive else None,
+            not primitive and ftype != "Resource",
         )
-    return TypeInfo(type_name, elements, frozenset(required_choices))
+    required_elements = tuple(el for el in elements.values() if el.required and el.choice is None)
+    return TypeInfo(type_name, elements, frozenset(required_choices), required_elements)
 
 
 def _err(code: IssueCode, text: str, path: str) -> Issue:
@@ -157,6 +172,51 @@ def check_primitive(ftype: str, value: Any, path: str, out: list[Issue]) -> None
         out.append(_err("value", f"{value[:60]!r} is not a valid {ftype}", path))
 
 
+@cache
+def primitive_test(ftype: str) -> Callable[[Any], bool]:
+    """A quick test that is True exactly when :func:`check_primitive` finds nothing wrong."""
+    if ftype == "boolean":
+        return lambda value: isinstance(value, bool)
+    if ftype in _INT_MIN:
+        low = _INT_MIN[ftype]
+        return lambda value: (
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= _INT_MAX
+        )
+    if ftype == "decimal":
+        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
+    pattern = _PRIMITIVE_RE.get(ftype)
+    if pattern is None:
+        return lambda value: isinstance(value, str)
+    if pattern.pattern == r"[\s\S]+":  # any non-empty string
+        return lambda value: isinstance(value, str) and value != ""
+    if pattern.pattern.endswith(r"[\s\S]*"):  # (xhtml) the rest may be anything: the start decides
+        start = re.compile(pattern.pattern[: -len(r"[\s\S]*")]).match
+        return lambda value: isinstance(value, str) and start(value) is not None
+    if ftype == "base64Binary":
+        return _base64_test(pattern)
+    fullmatch = pattern.fullmatch
+    return lambda value: isinstance(value, str) and fullmatch(value) is not None
+
+
+_BASE64_CHARS = (string.ascii_letters + string.digits + "+/=").encode("ascii")
+
+
+def _base64_test(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    """base64Binary's [A-Za-z0-9+/=\\s]+ without a regex step per character (attachments are long):
+    an ASCII value without its base64 characters must be empty or whitespace (str.isspace() is the
+    regex's \\s)."""
+
+    def test(value: Any) -> bool:
+        if not isinstance(value, str) or value == "":
+            return False
+        if not value.isascii():
+            return pattern.fullmatch(value) is not None
+        rest = value.encode("ascii").translate(None, _BASE64_CHARS)
+        return rest == b"" or rest.decode("ascii").isspace()
+
+    return test
+
+
 def _check_primitive_extension(value: Any, path: str, out: list[Issue]) -> None:
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -185,18 +245,9 @@ def _check_object(
         out.append(_err("invariant", "ele-1: an element must have a value or children", path))
     seen_choices: dict[str, str] = {}
     for key, value in node.items():
-        if key == "resourceType" and is_resource:
-            continue
-        if key[:1] == "_":
-            el = elements.get(key[1:])
-            if el is None or not el.primitive:
-                out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
-            else:
-                _check_primitive_extension(value, f"{path}.{key}", out)
-            continue
-        el = elements.get(key)
+        el = elements.get(key)  # no element is named 'resourceType' in a resource, or '_...'
         if el is None:
-            out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
+            _check_other_key(key, value, info, path, out, is_resource)
             continue
         if el.choice is not None:
             other = seen_choices.get(el.choice)
@@ -205,9 +256,22 @@ def _check_object(
                     _err("structure", f"only one of {other} and {key} may be present", f"{path}.{key}")
                 )
             seen_choices[el.choice] = key
+        if el.valid is not None and not el.is_list:
+            # a single primitive: its path is needed only for an issue
+            if el.valid(value):
+                continue
+            if not isinstance(value, list):
+                check_primitive(el.type, value, f"{path}.{key}", out)
+                continue
+        elif el.data_type and not el.is_list and isinstance(value, dict):
+            # a single object of a data type or backbone element: straight to its elements
+            nested = type_info(el.type)
+            if nested is not None:
+                _check_object(value, nested, f"{path}.{key}", out, is_resource=False)
+            continue
         _check_value(el, value, f"{path}.{key}", out, node.get("_" + key) if el.primitive else None)
-    for el in elements.values():
-        if el.required and el.choice is None and el.name not in node:
+    for el in info.required:
+        if el.name not in node:
             if el.primitive and ("_" + el.name) in node:
                 continue
             out.append(_err("required", f"{info.name}.{el.name} is required", f"{path}.{el.name}"))
@@ -220,6 +284,22 @@ def _check_object(
         )
 
 
+def _check_other_key(
+    key: str, value: Any, info: TypeInfo, path: str, out: list[Issue], is_resource: bool
+) -> None:
+    """A key that names no element: a resource's resourceType, a primitive's extension, or unknown."""
+    if key == "resourceType" and is_resource:
+        return
+    if key[:1] == "_":
+        el = info.elements.get(key[1:])
+        if el is None or not el.primitive:
+            out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
+        else:
+            _check_primitive_extension(value, f"{path}.{key}", out)
+        return
+    out.append(_err("structure", f"unknown element {key!r} in {info.name}", f"{path}.{key}"))
+
+
 def _check_value(el: Element, value: Any, path: str, out: list[Issue], ext: Any) -> None:
     if el.is_list:
         if not isinstance(value, list):
@@ -228,7 +308,10 @@ def _check_value(el: Element, value: Any, path: str, out: list[Issue], ext: Any)
         if not value:
             out.append(_err("invariant", "ele-1: an array must not be empty", path))
             return
+        valid = el.valid
         for i, item in enumerate(value):
+            if valid is not None and valid(item):
+                continue
             item_path = f"{path}[{i}]"
             if item is None:
                 if not (isinstance(ext, list) and i < len(ext) and ext[i] is not None):

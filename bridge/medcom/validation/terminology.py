@@ -112,6 +112,7 @@ def shipped_profiles() -> list[str]:
     return sorted(u for u, d in _resources().items() if d.get("resourceType") == "StructureDefinition")
 
 
+@cache
 def profile_by_name(name: str) -> str | None:
     """Find a shipped profile by its last URL segment (invariants name old ``medcomfhir.dk/fhir/`` URLs)."""
     tail = canonical(name).rsplit("/", 1)[-1]
@@ -192,6 +193,7 @@ def expand(url: str, seen: frozenset[str] = frozenset()) -> CodeSet | None:
     return _expand(canonical(url), seen)
 
 
+@cache
 def value_set_by_name(name: str) -> CodeSet | None:
     """Expand a shipped value set found by its last URL segment (for ``memberOf`` with old URLs)."""
     tail = canonical(name).rsplit("/", 1)[-1]
