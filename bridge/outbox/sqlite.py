@@ -17,12 +17,10 @@ Schema and queries live as SQL files in ``bridge/outbox/sql/sqlite/``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+from bridge.outbox.filelock import FileLock, LockTimeout
 from bridge.outbox.port import (
     AUDIT_GENESIS,
     AcceptRequest,
@@ -235,6 +234,7 @@ class SqliteOutboxStore:
             self._lock_fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open the SQLite store's lock file: {exc}") from exc
+        self._file_lock: FileLock | None = FileLock(self._lock_fd)
         try:
             self._writer = self._connect(readonly=False)
             # WAL is a property of the file; setting it once on the writer is enough.
@@ -312,26 +312,18 @@ class SqliteOutboxStore:
         Several processes on one database (``listen.processes``, ``--role api`` beside ``--role
         worker``) queue here rather than in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms
         between tries: a writer that missed two windows would wait longer than a whole commit takes.
-        Polling a non-blocking flock with sleeps of at most a millisecond keeps the wait near the other
-        writer's transaction time.
+        ``FileLock`` waits in the kernel's queue, so the writers of several processes take turns.
         """
-        if self._lock_fd is None:
+        if self._file_lock is None:
             return
-        deadline = time.monotonic() + self._busy_ms / 1000
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable("SQLite store: another process holds the write lock") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.001)
+        try:
+            self._file_lock.acquire(self._busy_ms / 1000)
+        except LockTimeout:
+            raise StoreUnavailable("SQLite store: another process holds the write lock") from None
 
     def _unlock_file(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if self._file_lock is not None:
+            self._file_lock.release()
 
     def _end_group(self, group: _Group, error: StoreUnavailable | None = None) -> None:
         """Commit the open transaction of ``group`` (or, given ``error``, roll it back and fail every
@@ -437,6 +429,7 @@ class SqliteOutboxStore:
                 self._end_group(self._group)
             self._writer.close()
             if self._lock_fd is not None:
+                self._file_lock = None
                 os.close(self._lock_fd)
                 self._lock_fd = None
         with self._readers_lock:
