@@ -18,6 +18,7 @@ The store is the caller's: the app never opens or closes it.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import random
@@ -74,6 +75,16 @@ def _new_dispatcher(
     return Dispatcher(settings, store, clock, worker_id=worker_id, transport=transport, rng=rng)
 
 
+#: The bridge exports its own Prometheus metrics (``/metrics``) and does not configure OpenTelemetry;
+#: FastAPI versions with native telemetry would otherwise look for an OpenTelemetry provider on every
+#: request. Older versions take no such argument.
+_NO_OPENTELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(
     settings: Settings,
     store: OutboxStore,
@@ -119,6 +130,7 @@ def create_app(
             app.state.ingress.close()
 
     app = FastAPI(
+        **_NO_OPENTELEMETRY,
         title="fhir-bridge",
         version=__version__,
         description=DESCRIPTION,
