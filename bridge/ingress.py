@@ -435,15 +435,16 @@ class Ingress:
         except Exception as exc:  # the service is stopping: nothing of this batch was accepted
             _settle(batch, exc)
 
-    def prepares_inline(self, body: bytes) -> bool:
-        """Whether the service may prepare this body on its event loop rather than in a worker thread.
+    def prepares_inline(self, size: int) -> bool:
+        """Whether the service may prepare a body of ``size`` bytes on its event loop rather than in a
+        worker thread.
 
         A thread hop per request costs more than the whole HTTP exchange, so small bodies are prepared
         on the loop - when the store is the embedded one, whose reads (the duplicate lookup, the
         admission) take microseconds. A database server that is away would block such a read for
         its pool timeout, and a large body takes long to validate: both stay off the loop.
         """
-        return self._embedded_store and len(body) <= INLINE_BODY_BYTES
+        return self._embedded_store and size <= INLINE_BODY_BYTES
 
     def _prepared_request(self, prepared: Prepared) -> AcceptRequest:
         return self._request(

@@ -102,6 +102,18 @@ def _read_need(request: Request, resource: str) -> scopes.Need:
     return scopes.Need(resource, "r" if request.path_params else "s")
 
 
+def settled_system(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller | None:
+    """The calling system, when a registered static token settles it without I/O
+    (``Authenticator.settled_without_io``); None: ``_caller`` decides, in a worker thread."""
+    return authenticator_of(request).settled_without_io(
+        authorization(credentials),
+        client_certificate(request.scope),
+        client_address(request),
+        ("system",),
+        scopes.SEND,
+    )
+
+
 async def system_caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 ) -> System:
@@ -111,13 +123,7 @@ async def system_caller(
     and a thread hop would cost more than the check. Anything else - a JWT (its JWKS may have to be
     fetched), a client certificate, a refusal (it is audited) - is decided in a worker thread.
     """
-    settled = authenticator_of(request).settled_without_io(
-        authorization(credentials),
-        client_certificate(request.scope),
-        client_address(request),
-        ("system",),
-        scopes.SEND,
-    )
+    settled = settled_system(request, credentials)
     caller: Caller = (
         settled
         if settled is not None

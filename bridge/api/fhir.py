@@ -163,7 +163,7 @@ async def accept_message(ingress: Ingress, caller: System, body: bytes, request:
     A refusal is audited and raised for the error handlers to answer."""
     content_type, accept = request.headers.get("content-type"), request.headers.get("accept")
     try:
-        if ingress.prepares_inline(body):
+        if ingress.prepares_inline(len(body)):
             # Small bodies on the embedded store: prepared here, committed by the committer's thread.
             prepared = ingress.prepare_message(caller, body, content_type, accept)
             reply = prepared if isinstance(prepared, Reply) else await ingress.commit_async(prepared)

@@ -12,26 +12,13 @@ caller, a chunked or large body, PostgreSQL) goes on to the endpoint untouched.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.api import fhir
-from bridge.api.deps import (
-    authenticator_of,
-    authorization,
-    bearer_scheme,
-    client_address,
-    ingress_of,
-    read_body,
-    settings_of,
-)
+from bridge.api.deps import bearer_scheme, ingress_of, read_body, settings_of, settled_system
 from bridge.api.fhir import accept_message
-from bridge.ingress import INLINE_BODY_BYTES
-from bridge.security import scopes
-from bridge.security.mtls import client_certificate
 from bridge.settings import System
 
 PATH = "/fhir/$process-message"
@@ -42,7 +29,8 @@ class ProcessMessageLane:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._route: Any = None
+        posts = (r for r in fhir.router.routes if "POST" in getattr(r, "methods", ()))
+        self._route = next(r for r in posts if getattr(r, "path", None) == PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
@@ -53,7 +41,7 @@ class ProcessMessageLane:
         if caller is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self._route_of(scope)  # what the request metrics label the request by
+        scope["route"] = self._route  # what the request metrics label the request by
         try:
             body = await read_body(request, settings_of(request).limits.max_body_bytes)
             reply = await accept_message(ingress_of(request), caller, body, request)
@@ -68,24 +56,12 @@ class ProcessMessageLane:
         if declared is None or not declared.isdigit():
             return None
         # Larger bodies go to the endpoint: a worker thread prepares them (and refuses one over the limit).
-        fits = int(declared) <= min(INLINE_BODY_BYTES, settings_of(request).limits.max_body_bytes)
-        if not fits or not ingress_of(request).prepares_inline(b""):
+        size = int(declared)
+        if size > settings_of(request).limits.max_body_bytes or not ingress_of(request).prepares_inline(size):
             return None
         credentials = await bearer_scheme(request)  # the header read as the endpoint's dependency reads it
-        caller = authenticator_of(request).settled_without_io(
-            authorization(credentials),
-            client_certificate(request.scope),
-            client_address(request),
-            ("system",),
-            scopes.SEND,
-        )
+        caller = settled_system(request, credentials)
         return None if caller is None else caller.system
-
-    def _route_of(self, scope: Scope) -> Any:
-        if self._route is None:
-            posts = (r for r in fhir.router.routes if "POST" in getattr(r, "methods", ()))
-            self._route = next(r for r in posts if getattr(r, "path", None) == PATH)
-        return self._route
 
 
 async def _handled(request: Request, exc: Exception) -> Response:

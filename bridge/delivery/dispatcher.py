@@ -444,18 +444,7 @@ class Dispatcher:
                 self._store.schedule_retry(claimed.id, self.worker_id, attempt, decision.at, now)
                 metrics.delivery(claimed.destination, attempt.outcome)
                 metrics.retry(claimed.destination)
-                self._store.append_audit(
-                    audit.delivery_outcome(
-                        recorded=now,
-                        actor=self.worker_id,
-                        destination=claimed.destination,
-                        message_id=claimed.message_id,
-                        header_id=claimed.header_id,
-                        outcome="retry",
-                        citizen_key=claimed.citizen_key,
-                        reason=attempt.detail or None,
-                    )
-                )
+                self._store.append_audit(self._outcome_record(claimed, "retry", attempt, now))
                 log.info(
                     "delivery %s of message %s to %s: attempt %d failed (%s), next at %s",
                     claimed.id,
@@ -510,7 +499,10 @@ class Dispatcher:
                         self.worker_id,
                         [(i.job.claimed.id, i.attempt) for i in batch],
                         now,
-                        {i.job.claimed.id: self._delivered_record(i, now) for i in batch},
+                        {
+                            i.job.claimed.id: self._outcome_record(i.job.claimed, "delivered", i.attempt, now)
+                            for i in batch
+                        },
                     )
                 )
             except StoreError as exc:
@@ -582,18 +574,20 @@ class Dispatcher:
         if any(not isinstance(h, StoreError) and h.status == "forwarded" for h in handled):
             self._wake.set()  # the forwards are due at once; do not wait for the next poll
 
-    def _delivered_record(self, item: _Completed, now: datetime) -> AuditRecord:
-        """The audit record of a delivered delivery (stored with its result, in the same transaction)."""
-        claimed = item.job.claimed
+    def _outcome_record(
+        self, claimed: ClaimedDelivery, outcome: audit.DeliveryOutcome, attempt: AttemptRecord, now: datetime
+    ) -> AuditRecord:
+        """The audit record of an attempt's outcome (``delivered``: stored with the result, in the same
+        transaction)."""
         return audit.delivery_outcome(
             recorded=now,
             actor=self.worker_id,
             destination=claimed.destination,
             message_id=claimed.message_id,
             header_id=claimed.header_id,
-            outcome="delivered",
+            outcome=outcome,
             citizen_key=claimed.citizen_key,
-            reason=item.attempt.detail or None,
+            reason=attempt.detail or None,
         )
 
     def _dead_letter(

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -194,14 +195,17 @@ def receipt_follow_up(
     receipt, from_system = received.receipt, received.from_system
     status = receipt_status(settings, correlation)
     match, original = correlation.match, correlation.message
+    received_record = partial(
+        audit.receipt_received,
+        recorded=now,
+        from_system=from_system,
+        ack_header_id=receipt.header_id,
+        acknowledged_header_id=receipt.acknowledged_id,
+        code=receipt.code,
+    )
     if status != "forwarded" or match is None or original is None:
         return ReceiptFollowUp(
-            audit=audit.receipt_received(
-                recorded=now,
-                from_system=from_system,
-                ack_header_id=receipt.header_id,
-                acknowledged_header_id=receipt.acknowledged_id,
-                code=receipt.code,
+            audit=received_record(
                 message_id=match.message_id if match is not None else None,
                 citizen_key=original.citizen_key if status == "recorded" and original is not None else None,
                 status=status,
@@ -218,12 +222,7 @@ def receipt_follow_up(
         received_at=now,
     )
     # One record tells both the receipt and its forwarding, written in the forward's own transaction.
-    record = audit.receipt_received(
-        recorded=now,
-        from_system=from_system,
-        ack_header_id=receipt.header_id,
-        acknowledged_header_id=receipt.acknowledged_id,
-        code=receipt.code,
+    record = received_record(
         message_id=match.message_id,
         citizen_key=original.citizen_key,
         status="forwarded",

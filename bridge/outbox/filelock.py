@@ -32,7 +32,6 @@ class FileLock:
         self._fd = fd
         self._state: State = "free"
         self._changed = threading.Condition()
-        self._waiter: threading.Thread | None = None
 
     @property
     def state(self) -> State:
@@ -53,7 +52,7 @@ class FileLock:
                 else:
                     self._state = "held"
                     return
-                self._start_waiter()
+                threading.Thread(target=self._wait, name="writer-lock", daemon=True).start()
             self._state = "waiting"  # a wait still in progress (abandoned earlier) serves this caller
             if not self._changed.wait_for(lambda: self._state == "held", timeout):
                 self._state = "abandoned"
@@ -66,10 +65,6 @@ class FileLock:
                 raise RuntimeError("the lock is not held")
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._state = "free"
-
-    def _start_waiter(self) -> None:
-        self._waiter = threading.Thread(target=self._wait, name="writer-lock", daemon=True)
-        self._waiter.start()
 
     def _wait(self) -> None:
         """The waiter thread: block in the kernel until the lock is ours, then hand it over."""

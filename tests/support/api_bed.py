@@ -65,6 +65,22 @@ def example(name: str) -> dict[str, Any]:
     return data
 
 
+def to_unknown_receiver(name: str = STIN) -> dict[str, Any]:
+    """The example message with its receiving organisation (the Herlev municipality) replaced by one no
+    configured system owns."""
+    message = example(name)
+    for e in message["entry"]:
+        res = e["resource"]
+        if res["resourceType"] == "Organization" and any(
+            i["value"] == "953741000016009" for i in res["identifier"]
+        ):
+            res["identifier"] = [
+                {"system": "https://www.gs1.org/gln", "value": "5790000000005"},
+                {"system": "urn:oid:1.2.208.176.1.1", "value": "123456789012345"},
+            ]
+    return message
+
+
 def config(tmp_path: Path, change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The example configuration with the store in ``tmp_path`` and an operator, then ``change`` applied."""
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))

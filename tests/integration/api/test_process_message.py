@@ -24,6 +24,7 @@ from api_bed import (
     example,
     example_bytes,
     herlev_speaks_municipal,
+    to_unknown_receiver,
 )
 
 from bridge.fhir.parse import to_xml
@@ -229,17 +230,7 @@ def test_invalid_message_is_400_naming_each_problem_with_its_location(bed: Bed) 
 
 
 def test_unknown_receiver_is_422(bed: Bed) -> None:
-    message = example(STIN)
-    for e in message["entry"]:
-        res = e["resource"]
-        if res["resourceType"] == "Organization" and any(
-            i["value"] == "953741000016009" for i in res["identifier"]
-        ):
-            res["identifier"] = [
-                {"system": "https://www.gs1.org/gln", "value": "5790000000005"},
-                {"system": "urn:oid:1.2.208.176.1.1", "value": "123456789012345"},
-            ]
-    response = bed.post_message(orjson.dumps(message))
+    response = bed.post_message(orjson.dumps(to_unknown_receiver()))
     assert response.status_code == 422, response.text
     assert expressions(response) == ["Bundle.entry[0].resource.destination[0].receiver"]
     assert bed.count("messages") == 0

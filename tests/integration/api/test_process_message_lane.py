@@ -12,7 +12,16 @@ from typing import Any
 
 import orjson
 import pytest
-from api_bed import HOSPITAL_TOKEN, REHAB_TOKEN, STIN, Bed, auth, example, example_bytes
+from api_bed import (
+    HOSPITAL_TOKEN,
+    REHAB_TOKEN,
+    STIN,
+    Bed,
+    auth,
+    example,
+    example_bytes,
+    to_unknown_receiver,
+)
 
 from bridge.api.lane import PATH, ProcessMessageLane
 
@@ -53,23 +62,9 @@ def _invalid() -> bytes:
     return orjson.dumps(message)
 
 
-def _unknown_receiver() -> bytes:
-    message = example(STIN)
-    for e in message["entry"]:
-        res = e["resource"]
-        if res["resourceType"] == "Organization" and any(
-            i["value"] == "953741000016009" for i in res["identifier"]
-        ):
-            res["identifier"] = [
-                {"system": "https://www.gs1.org/gln", "value": "5790000000005"},
-                {"system": "urn:oid:1.2.208.176.1.1", "value": "123456789012345"},
-            ]
-    return orjson.dumps(message)
-
-
 REFUSED: list[tuple[str, bytes, dict[str, str], int]] = [
     ("invalid", _invalid(), {}, 400),
-    ("unknown receiver", _unknown_receiver(), {}, 422),
+    ("unknown receiver", orjson.dumps(to_unknown_receiver()), {}, 422),
     ("not medcom", b'{"resourceType": "Patient", "id": "x"}', {}, 400),
     ("truncated", b'{"resourceType": "Bundle", ', {}, 400),
     ("xml answer", b"[1, 2, 3]", {"Accept": "application/fhir+xml"}, 400),
