@@ -473,11 +473,11 @@ def receiver_floor(directory: Path, bodies: list[bytes], concurrency: int, durat
 
 
 def received_count(port: int) -> int:
-    return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["messages"])
+    return int(httpx.get(f"http://127.0.0.1:{port}/_sim/counts", timeout=10).json()["messages"])
 
 
 def received_receipts(port: int) -> int:
-    return len(httpx.get(f"http://127.0.0.1:{port}/_sim/state", timeout=10).json()["receipts"])
+    return int(httpx.get(f"http://127.0.0.1:{port}/_sim/counts", timeout=10).json()["receipts"])
 
 
 def accept_and_deliver(directory: Path, pool: list[bytes], args: argparse.Namespace) -> dict[str, Any]:

@@ -160,6 +160,18 @@ class Inbox:
                 "faulted": self.faulted,
             }
 
+    def counts(self) -> dict[str, int]:
+        """How many messages, receipts, requests and duplicates the peer has seen: ``state`` without
+        the lists, cheap enough to poll while thousands arrive."""
+        with self._lock:
+            return {
+                "messages": len(self.messages),
+                "receipts": len(self.receipts),
+                "requests": self.requests,
+                "duplicates": self.duplicates,
+                "faulted": self.faulted,
+            }
+
     def body(self, header_id: str) -> bytes | None:
         """The body of the first copy of a message, or None."""
         with self._lock:
@@ -311,6 +323,8 @@ def _handler(peer: Peer, quiet: bool) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/_sim/state":
                 self._json(200, inbox.state())
+            elif self.path == "/_sim/counts":
+                self._json(200, inbox.counts())
             elif self.path.startswith("/_sim/messages/"):
                 found = inbox.body(self.path.removeprefix("/_sim/messages/"))
                 if found is None:
@@ -355,12 +369,18 @@ def _handler(peer: Peer, quiet: bool) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # The standard library listens with a backlog of 5: a dispatcher opening its pool of connections at
+    # once overflows it, and a connection the kernel then drops fails its first request.
+    request_queue_size = 128
+
+
 class PeerServer:
     """A threaded HTTP server around a :class:`Peer`; ``start()`` serves in a background thread."""
 
     def __init__(self, peer: Peer, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = True) -> None:
         self.peer = peer
-        self.httpd = ThreadingHTTPServer((host, port), _handler(peer, quiet))
+        self.httpd = _Server((host, port), _handler(peer, quiet))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -9,7 +9,9 @@ valid CPR numbers that can belong to no living person.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -74,6 +76,8 @@ def test_a_duplicate_is_recorded_once_and_answered_with_the_same_receipt(peer: h
     assert state["duplicates"] == 1
     (only,) = state["messages"]
     assert only["copies"] == 2 and only["code"] == "STIN" and only["citizen"] == traffic.synthetic_cpr(2)
+    counts = peer.get("/_sim/counts").json()
+    assert counts == {"messages": 1, "receipts": 0, "requests": 2, "duplicates": 1, "faulted": 0}
 
 
 def test_an_invalid_message_gets_a_fatal_error_receipt(peer: httpx.Client) -> None:
@@ -137,3 +141,25 @@ def test_municipal_json_is_recorded_by_its_message_id(peer: httpx.Client) -> Non
         peer.post("/records", content=b"{not json", headers={"Content-Type": "application/json"}).status_code
         == 400
     )
+
+
+def test_a_pool_of_connections_opened_at_once_is_served() -> None:
+    """A dispatcher opens its whole pool at once: every connection's first request is answered."""
+    server = PeerServer(Peer(Inbox())).start()
+    try:
+        # Connect all first, then send on each: the listen queue holds every connection until accepted.
+        # A full queue drops the handshake, and the client's retransmission comes a second later.
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=0.9) for _ in range(100)]
+        for sock in sockets:
+            sock.settimeout(10)
+
+        def ask(sock: socket.socket) -> bytes:
+            with sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n")
+                return sock.recv(64)
+
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            answers = list(pool.map(ask, sockets))
+    finally:
+        server.stop()
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
