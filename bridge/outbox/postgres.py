@@ -459,13 +459,15 @@ class PostgresOutboxStore:
                     "destination": d.destination,
                     "citizen_key": message.citizen_key,
                     "content_type": d.content_type,
-                    "payload": d.payload,
                     "expect_receipt": d.expect_receipt,
                     "created_at": received,
                     "next_attempt_at": _aware(d.not_before or received),
                 }
                 for d in deliveries
             ],
+        )
+        cur.executemany(
+            _Q["store_delivery_payload"], [{"id": d.id, "payload": d.payload} for d in deliveries]
         )
         self._append_audit(cur, request.audit, locked=True)
         if request.admission is not None:
@@ -638,15 +640,19 @@ class PostgresOutboxStore:
         refusal: str,
         *,
         reopens: bool = False,
+        then: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Run a state change on one delivery; ``NotFound`` or ``InvalidTransition`` when it matched none.
 
         ``reopens``: the change opens the delivery again (a replay, a resend), at its original place
         ahead of anything newer of its pair, so the pair is locked first and its head recomputed after.
+        ``then``: a query and its parameters run in the same transaction once the change is made.
         """
         with self._tx() as cur:
             pairs = self._lock_pairs_of(cur, [delivery_id]) if reopens else []
             if cur.execute(_Q[query], params).rowcount == 1:
+                if then is not None:
+                    cur.execute(_Q[then[0]], then[1])
                 self._recompute_heads(cur, pairs)
                 return
             row = cur.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()
@@ -776,8 +782,16 @@ class PostgresOutboxStore:
 
     def resend(self, delivery_id: str, payload: bytes, now: datetime) -> None:
         """Queue a delivered delivery again with a new envelope (``payload``), counting one resend."""
-        params = {"id": delivery_id, "payload": payload, "now": _aware(now)}
-        self._transition("resend", params, delivery_id, "only a delivered one is resent", reopens=True)
+        params = {"id": delivery_id, "now": _aware(now)}
+        payload_params = {"id": delivery_id, "payload": payload}
+        self._transition(
+            "resend",
+            params,
+            delivery_id,
+            "only a delivered one is resent",
+            reopens=True,
+            then=("store_delivery_payload", payload_params),
+        )
 
     # -- operators -------------------------------------------------------------------------------------
 

@@ -560,12 +560,12 @@ class SqliteOutboxStore:
                     "destination": delivery.destination,
                     "citizen_key": message.citizen_key,
                     "content_type": delivery.content_type,
-                    "payload": delivery.payload,
                     "expect_receipt": int(delivery.expect_receipt),
                     "created_at": received,
                     "next_attempt_at": _ts(delivery.not_before or message.received_at),
                 },
             )
+            conn.execute(_Q["store_delivery_payload"], {"id": delivery.id, "payload": delivery.payload})
         entry = self._append_audit(conn, request.audit, audit_head)
         if request.admission is not None:
             conn.execute(_Q["set_admission"], _admission_params(request.admission))
@@ -857,9 +857,10 @@ class SqliteOutboxStore:
     def resend(self, delivery_id: str, payload: bytes, now: datetime) -> None:
         """Queue a delivered delivery again with a new envelope (``payload``), counting one resend."""
         with self._write() as conn:
-            params = {"id": delivery_id, "payload": payload, "now": _ts(now)}
+            params = {"id": delivery_id, "now": _ts(now)}
             changed = conn.execute(_Q["resend"], params).fetchall()
             if changed:
+                conn.execute(_Q["store_delivery_payload"], {"id": delivery_id, "payload": payload})
                 _recompute_heads(conn, [(changed[0]["citizen_key"], changed[0]["destination"])])
                 return
             row = conn.execute(_Q["lease_holder"], {"id": delivery_id}).fetchone()

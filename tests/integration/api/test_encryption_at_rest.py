@@ -54,7 +54,7 @@ def test_what_is_posted_is_sealed_in_the_database(served: tuple[httpx.Client, ob
     assert answer.status_code == 200, answer.text
     raw = sqlite3.connect(path)
     try:
-        sql = "SELECT payload FROM messages UNION ALL SELECT payload FROM deliveries"
+        sql = "SELECT payload FROM messages UNION ALL SELECT payload FROM delivery_payloads"
         columns = raw.execute(sql).fetchall()
     finally:
         raw.close()

@@ -136,6 +136,7 @@ def test_schema_is_all_migrations_applied(pg_store: PostgresOutboxStore, server:
         assert {row[0] for row in ours["columns"]} == {
             "messages",
             "deliveries",
+            "delivery_payloads",
             "attempts",
             "receipts",
             "admissions",
@@ -257,7 +258,7 @@ def test_no_cpr_number_outside_the_payloads(
     assert in_payload == (1,)  # the CPR is there, inside the payload, as it must be
 
 
-def test_migration_0003_marks_the_heads_of_existing_deliveries(server: str, schema: str) -> None:
+def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(server: str, schema: str) -> None:
     when = "2024-01-01T00:00:00Z"
     with admin(server) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
@@ -281,13 +282,14 @@ def test_migration_0003_marks_the_heads_of_existing_deliveries(server: str, sche
             conn.execute(
                 "INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, "
                 "payload, expect_receipt, state, created_at, next_attempt_at, lease_owner, lease_expires_at) "
-                "VALUES (%s, %s, %s, %s, %s, 'application/json', '', false, %s, %s, %s, %s, %s)",
+                "VALUES (%s, %s, %s, %s, %s, 'application/json', %s, false, %s, %s, %s, %s, %s)",
                 (
                     delivery_id,
                     f"m{n}",
                     f"h{n}",
                     destination,
                     citizen,
+                    delivery_id.encode(),
                     state,
                     when,
                     when,
@@ -299,6 +301,10 @@ def test_migration_0003_marks_the_heads_of_existing_deliveries(server: str, sche
     try:
         assert store.migrate() == len(load_migrations("postgres")) - 2
         assert assert_heads(store) == LEGACY_HEADS
+        # Migration 0004 moved each payload to its own table.
+        assert {d[0]: store.delivery_payload(d[0]) for d in LEGACY_DELIVERIES} == {
+            d[0]: d[0].encode() for d in LEGACY_DELIVERIES
+        }
         claimed = store.claim_due("w1", FakeClock().now(), LEASE, limit=10)
         assert {c.id for c in claimed} == {"c1-aarhus-2", "none-1", "c2-kbh-2"}
     finally:

@@ -52,8 +52,15 @@ def _ok(clock: FakeClock) -> AttemptRecord:
     return AttemptRecord(clock.now(), timedelta(milliseconds=5), "delivered", 200, "HTTP 200")
 
 
+#: What ``{deliveries}`` in a raw query reads: the deliveries with their payloads (a table of their own).
+_WITH_PAYLOADS = (
+    "(SELECT d.*, p.payload FROM deliveries d JOIN delivery_payloads p USING (seq)) AS deliveries"
+)
+
+
 def _raw(store: OutboxStore, tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
     """Rows as the database owner sees them, outside the bridge."""
+    sql = sql.format(deliveries=_WITH_PAYLOADS)
     inner = store.inner if isinstance(store, EncryptingStore) else store
     if isinstance(inner, SqliteOutboxStore):
         conn = sqlite3.connect(inner.path)
@@ -130,7 +137,7 @@ def test_payloads_are_sealed_at_rest_and_plain_through_the_store(
     message, deliveries, audit = messages.from_example(ADMISSION, destinations=("kbh", "aarhus"))
     sealed.accept(message, deliveries, audit)
 
-    rows = _raw(sealed, tmp_path, "SELECT payload FROM messages UNION ALL SELECT payload FROM deliveries")
+    rows = _raw(sealed, tmp_path, "SELECT payload FROM messages UNION ALL SELECT payload FROM {deliveries}")
     assert len(rows) == 3
     for (payload,) in rows:
         assert isinstance(payload, bytes) and payload.startswith(MAGIC) and CPR not in payload
@@ -175,7 +182,7 @@ def test_a_forwarded_receipt_is_sealed_at_rest_too(
     assert sealed.delivery_payload(to_rh.id) == ack
     assert sealed.message_payload(recorded.forwarded.message.id) == ack
     rows = _raw(sealed, tmp_path, "SELECT payload FROM messages WHERE kind = 'acknowledgement'")
-    rows += _raw(sealed, tmp_path, "SELECT payload FROM deliveries WHERE destination = 'rh'")
+    rows += _raw(sealed, tmp_path, "SELECT payload FROM {deliveries} WHERE destination = 'rh'")
     assert len(rows) == 2
     for (payload,) in rows:
         assert isinstance(payload, bytes) and payload.startswith(MAGIC) and CPR not in payload

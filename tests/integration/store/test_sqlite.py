@@ -115,7 +115,11 @@ def test_no_cpr_number_outside_the_payloads(sqlite_store: SqliteOutboxStore, clo
         for table in tables:
             columns = [r[1] for r in raw.execute(f"PRAGMA table_info({table})")]
             for column in columns:
-                if (table, column) in {("messages", "payload"), ("deliveries", "payload"), ("audit", "body")}:
+                if (table, column) in {
+                    ("messages", "payload"),
+                    ("delivery_payloads", "payload"),
+                    ("audit", "body"),
+                }:
                     continue
                 rows = raw.execute(
                     f"SELECT COUNT(*) FROM {table} WHERE CAST({column} AS TEXT) LIKE ?", (f"%{example.cpr}%",)
@@ -242,7 +246,7 @@ def test_accepted_messages_survive_kill_9(tmp_path: Path) -> None:
     assert uuid.UUID(acknowledged[0])
 
 
-def test_migration_0003_marks_the_heads_of_existing_deliveries(tmp_path: Path, clock: FakeClock) -> None:
+def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(tmp_path: Path, clock: FakeClock) -> None:
     db = tmp_path / "version-2.db"
     raw = sqlite3.connect(db)
     try:
@@ -268,13 +272,14 @@ def test_migration_0003_marks_the_heads_of_existing_deliveries(tmp_path: Path, c
             raw.execute(
                 "INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, "
                 "payload, expect_receipt, state, created_at, next_attempt_at, lease_owner, lease_expires_at) "
-                "VALUES (?, ?, ?, ?, ?, 'application/json', x'', 0, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, 'application/json', CAST(? AS BLOB), 0, ?, ?, ?, ?, ?)",
                 (
                     delivery_id,
                     f"m{n}",
                     f"h{n}",
                     destination,
                     citizen,
+                    delivery_id.encode(),
                     state,
                     when,
                     when,
@@ -290,6 +295,10 @@ def test_migration_0003_marks_the_heads_of_existing_deliveries(tmp_path: Path, c
     try:
         assert store.migrate() == len(load_migrations("sqlite")) - 2
         assert assert_heads(store) == LEGACY_HEADS
+        # Migration 0004 moved each payload to its own table.
+        assert {d[0]: store.delivery_payload(d[0]) for d in LEGACY_DELIVERIES} == {
+            d[0]: d[0].encode() for d in LEGACY_DELIVERIES
+        }
         claimed = store.claim_due("w1", clock.now(), timedelta(minutes=1), limit=10)
         assert {c.id for c in claimed} == {"c1-aarhus-2", "none-1", "c2-kbh-2"}
     finally:

@@ -46,15 +46,21 @@ SELECT pg_advisory_xact_lock(hashtextextended('fhir-bridge.pair:' || current_sch
 -- name: insert_delivery
 -- A new delivery is the newest of its pair (the pair's lock is held), so it is the head when nothing
 -- else of the pair is open.
-INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
+INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type,
                         expect_receipt, state, created_at, next_attempt_at, head)
 VALUES (%(id)s, %(message_id)s, %(header_id)s, %(destination)s, %(citizen_key)s, %(content_type)s,
-        %(payload)s, %(expect_receipt)s, 'pending', %(created_at)s, %(next_attempt_at)s,
+        %(expect_receipt)s, 'pending', %(created_at)s, %(next_attempt_at)s,
         %(citizen_key)s::text IS NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries o
              WHERE o.citizen_key = %(citizen_key)s::text
                AND o.destination = %(destination)s::text
                AND o.state IN ('pending', 'leased')));
+
+-- name: store_delivery_payload
+-- A delivery's payload, kept apart from its row (see 0004_delivery_payloads.sql); a resend replaces it.
+INSERT INTO delivery_payloads (seq, payload)
+SELECT seq, %(payload)s FROM deliveries WHERE id = %(id)s
+    ON CONFLICT (seq) DO UPDATE SET payload = excluded.payload;
 
 -- name: pairs_of_deliveries
 -- The (citizen, destination) pairs of some deliveries, to lock before a transition moves their heads.
@@ -97,9 +103,9 @@ UPDATE deliveries d
        attempts = d.attempts + 1
   FROM picked
  WHERE d.seq = picked.seq
-RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.payload, d.content_type,
+RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.content_type,
           d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
-          d.next_attempt_at;
+          d.next_attempt_at, (SELECT p.payload FROM delivery_payloads p WHERE p.seq = d.seq) AS payload;
 
 -- name: claim_pending
 -- A pending delivery is claimable when it is due and the head of its citizen and destination (no
@@ -122,9 +128,9 @@ UPDATE deliveries d
        first_attempt_at = COALESCE(d.first_attempt_at, %(now)s)
   FROM picked
  WHERE d.seq = picked.seq
-RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.payload, d.content_type,
+RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.content_type,
           d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
-          d.next_attempt_at;
+          d.next_attempt_at, (SELECT p.payload FROM delivery_payloads p WHERE p.seq = d.seq) AS payload;
 
 -- name: lease_holder
 SELECT state, lease_owner FROM deliveries WHERE id = %(id)s;
@@ -174,7 +180,7 @@ UPDATE deliveries
 SELECT payload FROM messages WHERE id = %(id)s;
 
 -- name: delivery_payload
-SELECT payload FROM deliveries WHERE id = %(id)s;
+SELECT p.payload FROM deliveries d JOIN delivery_payloads p ON p.seq = d.seq WHERE d.id = %(id)s;
 
 -- name: insert_attempt
 INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
@@ -205,7 +211,8 @@ UPDATE deliveries SET receipt_code = %(code)s, receipt_at = %(received_at)s WHER
 -- name: receipt_overdue
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries
  WHERE state = 'delivered' AND expect_receipt AND receipt_code IS NULL
    AND delivered_at <= %(cutoff)s AND resends < %(max_resends)s
@@ -213,9 +220,10 @@ SELECT id, message_id, destination, citizen_key, state, attempts, resends, creat
  LIMIT %(limit)s;
 
 -- name: resend
--- Open again at its original place, as retry_dead.
+-- Open again at its original place, as retry_dead; the caller then stores the new envelope
+-- (store_delivery_payload).
 UPDATE deliveries
-   SET state = 'pending', payload = %(payload)s, resends = resends + 1, attempts = 0,
+   SET state = 'pending', resends = resends + 1, attempts = 0,
        first_attempt_at = NULL, next_attempt_at = %(now)s, delivered_at = NULL, head = citizen_key IS NULL
  WHERE id = %(id)s AND state = 'delivered';
 
@@ -241,7 +249,8 @@ UPDATE deliveries d
 -- name: deliveries_of_message
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries WHERE message_id = %(message_id)s ORDER BY seq;
 
 -- name: attempts_of_delivery
@@ -277,15 +286,16 @@ SELECT * FROM (
 -- name: list_deliveries
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries
  WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
  ORDER BY seq
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: purge_deliveries
-UPDATE deliveries SET payload = NULL
- WHERE state = 'delivered' AND delivered_at < %(cutoff)s AND payload IS NOT NULL;
+DELETE FROM delivery_payloads
+ WHERE seq IN (SELECT seq FROM deliveries WHERE state = 'delivered' AND delivered_at < %(cutoff)s);
 
 -- name: purge_messages
 UPDATE messages SET payload = NULL

@@ -32,15 +32,21 @@ VALUES (:id, :bundle_id, :header_id, :sender, :kind, :citizen_key, :content_type
 
 -- name: insert_delivery
 -- A new delivery is the newest of its pair, so it is the head when nothing else of the pair is open.
-INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type, payload,
+INSERT INTO deliveries (id, message_id, header_id, destination, citizen_key, content_type,
                         expect_receipt, state, created_at, next_attempt_at, head)
-VALUES (:id, :message_id, :header_id, :destination, :citizen_key, :content_type, :payload,
+VALUES (:id, :message_id, :header_id, :destination, :citizen_key, :content_type,
         :expect_receipt, 'pending', :created_at, :next_attempt_at,
         :citizen_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries o
              WHERE o.citizen_key = :citizen_key
                AND o.destination = :destination
                AND o.state IN ('pending', 'leased')));
+
+-- name: store_delivery_payload
+-- A delivery's payload, kept apart from its row (see 0004_delivery_payloads.sql); a resend replaces it.
+INSERT INTO delivery_payloads (seq, payload)
+SELECT seq, :payload FROM deliveries WHERE id = :id
+    ON CONFLICT (seq) DO UPDATE SET payload = excluded.payload;
 
 -- name: last_audit_hash
 SELECT hash FROM audit ORDER BY seq DESC LIMIT 1;
@@ -66,8 +72,9 @@ UPDATE deliveries
            AND d.destination NOT IN (SELECT value FROM json_each(:skip))
          ORDER BY d.lease_expires_at
          LIMIT :limit)
-RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
-          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at;
+RETURNING seq, id, message_id, header_id, destination, citizen_key, content_type, attempts,
+          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at,
+          (SELECT p.payload FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload;
 
 -- name: claim_pending
 -- A pending delivery is claimable when it is due and the head of its citizen and destination (no
@@ -87,8 +94,9 @@ UPDATE deliveries
            AND d.destination NOT IN (SELECT value FROM json_each(:skip))
          ORDER BY d.next_attempt_at, d.seq
          LIMIT :limit)
-RETURNING seq, id, message_id, header_id, destination, citizen_key, payload, content_type, attempts,
-          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at;
+RETURNING seq, id, message_id, header_id, destination, citizen_key, content_type, attempts,
+          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at,
+          (SELECT p.payload FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload;
 
 -- name: lease_holder
 SELECT state, lease_owner FROM deliveries WHERE id = :id;
@@ -143,7 +151,7 @@ UPDATE deliveries
 SELECT payload FROM messages WHERE id = :id;
 
 -- name: delivery_payload
-SELECT payload FROM deliveries WHERE id = :id;
+SELECT p.payload FROM deliveries d JOIN delivery_payloads p ON p.seq = d.seq WHERE d.id = :id;
 
 -- name: insert_attempt
 INSERT INTO attempts (delivery_id, number, worker_id, started_at, latency_ms, outcome, status_code, detail)
@@ -170,7 +178,8 @@ UPDATE deliveries SET receipt_code = :code, receipt_at = :received_at WHERE id =
 -- name: receipt_overdue
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries
  WHERE state = 'delivered' AND expect_receipt = 1 AND receipt_code IS NULL
    AND delivered_at <= :cutoff AND resends < :max_resends
@@ -178,9 +187,10 @@ SELECT id, message_id, destination, citizen_key, state, attempts, resends, creat
  LIMIT :limit;
 
 -- name: resend
--- Open again at its original place, as retry_dead.
+-- Open again at its original place, as retry_dead; the caller then stores the new envelope
+-- (store_delivery_payload).
 UPDATE deliveries
-   SET state = 'pending', payload = :payload, resends = resends + 1, attempts = 0, first_attempt_at = NULL,
+   SET state = 'pending', resends = resends + 1, attempts = 0, first_attempt_at = NULL,
        next_attempt_at = :now, delivered_at = NULL, head = citizen_key IS NULL
  WHERE id = :id AND state = 'delivered'
 RETURNING citizen_key, destination;
@@ -205,7 +215,8 @@ UPDATE deliveries
 -- name: deliveries_of_message
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries WHERE message_id = :message_id ORDER BY seq;
 
 -- name: attempts_of_delivery
@@ -240,15 +251,16 @@ SELECT * FROM (
 -- name: list_deliveries
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
-       receipt_code, receipt_at, payload IS NULL AS payload_purged
+       receipt_code, receipt_at,
+       NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
   FROM deliveries
  WHERE (:state IS NULL OR state = :state)
  ORDER BY seq
  LIMIT :limit OFFSET :offset;
 
 -- name: purge_deliveries
-UPDATE deliveries SET payload = NULL
- WHERE state = 'delivered' AND delivered_at < :cutoff AND payload IS NOT NULL;
+DELETE FROM delivery_payloads
+ WHERE seq IN (SELECT seq FROM deliveries WHERE state = 'delivered' AND delivered_at < :cutoff);
 
 -- name: purge_messages
 UPDATE messages SET payload = NULL
