@@ -14,12 +14,12 @@ One round (``run_once``, or each turn of the background loop that ``start`` runs
 3. **Deliver** each on a small thread pool (the work is waiting on sockets; a store call is short):
    POST, classify (``outcome.classify``), decide (``policy.decide`` with the destination's policy),
    and ``complete`` / ``schedule_retry`` / ``dead_letter``, each recording the attempt (time, status,
-   latency; never a body). Delivered results are stored by a group commit (``complete_many``), and the
-   receivers' synchronous Acknowledgements of that batch are then recorded, audited and forwarded
-   together in one store transaction (``receipts.handle_acknowledgements``) - as a posted one would be;
-   receipts a receiver does not send itself are produced on its behalf (``receipts.queue_receipt``).
-   A delivery's place (its thread and its share of the destination's claims) is given back only
-   once its receipt is handled, so receipt work can never fall behind the posts without bound.
+   latency; never a body). Delivered results are stored by a group commit, together with the
+   receivers' synchronous Acknowledgements of that batch, recorded, audited and forwarded as a posted
+   one would be (``complete_with_receipts``: one transaction, one commit); receipts a receiver does
+   not send itself are produced on its behalf (``receipts.queue_receipt``). A delivery's place (its
+   thread and its share of the destination's claims) is given back only once its receipt is
+   handled, so receipt work can never fall behind the posts without bound.
 
 At-least-once: a worker that dies holding a lease loses it when the lease expires and another
 claims the delivery again; a result that arrives after the lease was lost is dropped (``LeaseLost``),
@@ -58,8 +58,8 @@ from bridge.clock import Clock
 from bridge.delivery.outcome import Delivered, DeliveryOutcome, Permanent, Transient, classify
 from bridge.delivery.policy import DeadLetter, RetryAt, decide
 from bridge.delivery.receipts import (
+    AcknowledgementBatch,
     ReceivedAcknowledgement,
-    handle_acknowledgements,
     queue_receipt,
     read_acknowledgement,
     resend_envelope,
@@ -79,6 +79,7 @@ from bridge.outbox.port import (
     LeaseLost,
     NotFound,
     OutboxStore,
+    RecordedReceipt,
     StoreError,
 )
 from bridge.settings import Settings, System
@@ -89,9 +90,8 @@ log = logging.getLogger("bridge.delivery")
 NO_RECEIPT = "no receipt"
 #: Upper bound on delivery threads; deliveries wait on sockets, not on the CPU.
 MAX_THREADS = 64
-#: Threads that handle the receipts of stored batches of deliveries (record and forward them, one store
-#: transaction per batch; produce one on a receiver's behalf). Several batches' writes run side by side,
-#: so the store commits them together.
+#: Threads that produce the receipts of stored batches of deliveries on their receivers' behalf (one store
+#: transaction per receipt). Several batches' writes run side by side, so the store commits them together.
 RECEIPT_THREADS = 8
 #: Claimed deliveries a destination may hold per unit of its concurrency limit (posting + waiting).
 CLAIM_AHEAD = 2
@@ -490,27 +490,41 @@ class Dispatcher:
                 logging.shutdown()
                 os._exit(137)
         now = self._clock.now()
-        settling: list[_Completed] = []
+        # The receivers' synchronous Acknowledgements are read here, before the transaction, and stored
+        # in it with the results: one commit for the batch and its receipts, and each delivery's place
+        # given back as soon as that commit is made.
+        received = [ack for ack in (self._synchronous_ack(i) for i in batch) if ack is not None]
+        acks = AcknowledgementBatch.of(self._settings, now, received) if received else None
+        completed = [(i.job.claimed.id, i.attempt) for i in batch]
+        records = {
+            i.job.claimed.id: self._outcome_record(i.job.claimed, "delivered", i.attempt, now) for i in batch
+        }
+        on_behalf: list[_Completed] = []
+        recorded: list[RecordedReceipt] = []
         try:
             try:
-                # The results and their audit records in one transaction: one commit for the batch.
-                lost = set(
-                    self._store.complete_many(
-                        self.worker_id,
-                        [(i.job.claimed.id, i.attempt) for i in batch],
-                        now,
-                        {
-                            i.job.claimed.id: self._outcome_record(i.job.claimed, "delivered", i.attempt, now)
-                            for i in batch
-                        },
+                if acks is None:
+                    lost = self._store.complete_many(self.worker_id, completed, now, records)
+                else:
+                    lost, recorded = self._store.complete_with_receipts(
+                        self.worker_id, completed, now, records, acks.receipts, acks.follow_up
                     )
-                )
-            except StoreError as exc:
-                log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
-                return
+            except StoreError:
+                raise
+            except Exception as exc:  # the receipts' handling failed: the results are stored without them
+                log.error("%d synchronous receipts: handling failed (%s)", len(received), type(exc).__name__)
+                acks = None
+                lost = self._store.complete_many(self.worker_id, completed, now, records)
+        except StoreError as exc:
+            log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
+            for item in batch:
+                self._finish(item.job)
+            return
+        try:
+            gone = set(lost)
             for item in batch:
                 claimed = item.job.claimed
-                if claimed.id in lost:
+                if claimed.id in gone:
                     log.info("delivery %s: lease lost to another worker; this result is dropped", claimed.id)
                     continue
                 metrics.delivery(claimed.destination, "delivered")
@@ -522,57 +536,39 @@ class Dispatcher:
                     item.attempt.detail,
                     claimed.attempt,
                 )
-                settling.append(item)
-            if settling:
-                # The receipt work leaves this thread, which goes on storing the next batch; the jobs
-                # are finished (their capacity given back) once their receipts are handled.
-                self._settle_pool.submit(self._settle, settling)
+                if item.system is not None and item.system.format != "fhir":
+                    on_behalf.append(item)
+            if acks is not None:
+                handled = acks.handled(recorded)
+                if any(not isinstance(h, StoreError) and h.status == "forwarded" for h in handled):
+                    self._wake.set()  # the forwards are due at once; do not wait for the next poll
+            if on_behalf:
+                # A receiver that sends no MedCom receipt has one made on its behalf, in a thread of its
+                # own: this one goes on storing the next batch. Those jobs finish once it is queued.
+                self._settle_pool.submit(self._settle, on_behalf)
         except BaseException:
-            settling = []
+            on_behalf = []
             raise
         finally:
-            handed = {i.job.claimed.id for i in settling}
+            handed = {i.job.claimed.id for i in on_behalf}
             for item in batch:
                 if item.job.claimed.id not in handed:
                     self._finish(item.job)
 
     def _settle(self, batch: list[_Completed]) -> None:
-        """After delivered deliveries are stored: their receipts (forward the receivers', or make them).
-
-        The receivers' Acknowledgements of the whole batch are read here and recorded in one store
-        transaction (with their audit records and forwards): one commit for the batch where one per
-        receipt would make the receipt work, not the posts, set the pace of delivery.
-        """
+        """After delivered deliveries to receivers that send no MedCom receipt are stored: queue the
+        ``ok`` receipt the bridge sends on each receiver's behalf."""
         try:
-            received: list[ReceivedAcknowledgement] = []
             for item in batch:
+                claimed = item.job.claimed
                 try:
-                    ack = self._after_delivered(item.job.claimed, item.system, item.post)
+                    if item.system is not None:
+                        self._queue_receipt(claimed.message_id, item.system.id, "ok")
                 except Exception as exc:  # the delivery stands; only the receipt work failed
-                    log.error(
-                        "delivery %s: receipt handling failed (%s)", item.job.claimed.id, type(exc).__name__
-                    )
-                    continue
-                if ack is not None:
-                    received.append(ack)
-            self._record_acknowledgements(received)
+                    log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
         finally:
             for item in batch:
                 self._finish(item.job)
-
-    def _record_acknowledgements(self, received: list[ReceivedAcknowledgement]) -> None:
-        if not received:
-            return
-        try:
-            handled = handle_acknowledgements(self._settings, self._store, self._clock, received)
-        except StoreError as exc:  # the deliveries stand; a missing receipt is resent for in time
-            log.warning("%d synchronous receipts not stored (%s)", len(received), type(exc).__name__)
-            return
-        except Exception as exc:
-            log.error("%d synchronous receipts: handling failed (%s)", len(received), type(exc).__name__)
-            return
-        if any(not isinstance(h, StoreError) and h.status == "forwarded" for h in handled):
-            self._wake.set()  # the forwards are due at once; do not wait for the next poll
 
     def _outcome_record(
         self, claimed: ClaimedDelivery, outcome: audit.DeliveryOutcome, attempt: AttemptRecord, now: datetime
@@ -648,16 +644,10 @@ class Dispatcher:
         except StoreError as exc:
             log.warning("message %s: %s receipt not queued (%s)", message_id, code, type(exc).__name__)
 
-    def _after_delivered(
-        self, claimed: ClaimedDelivery, system: System | None, post: PostResult | None
-    ) -> ReceivedAcknowledgement | None:
-        """The receiver's synchronous Acknowledgement to record, if it sent one; a receipt on the
-        receiver's behalf is queued here for a receiver that sends none."""
-        if system is None:
-            return None
-        if system.format != "fhir":
-            # A municipal-v1 receiver sends no MedCom receipt: the bridge answers for it.
-            self._queue_receipt(claimed.message_id, system.id, "ok")
+    def _synchronous_ack(self, item: _Completed) -> ReceivedAcknowledgement | None:
+        """The MedCom Acknowledgement a FHIR receiver answered the post with, if it sent one."""
+        claimed, system, post = item.job.claimed, item.system, item.post
+        if system is None or system.format != "fhir":
             return None
         if post is None or not post.body or not isinstance(post.result, httpx.Response):
             return None
@@ -669,7 +659,9 @@ class Dispatcher:
             return read_acknowledgement(answer, from_system=system.id)
         except InvalidInput:
             log.warning("delivery %s: the response body is no readable receipt; ignored", claimed.id)
-            return None
+        except Exception as exc:  # the delivery stands; only the receipt work failed
+            log.error("delivery %s: receipt handling failed (%s)", claimed.id, type(exc).__name__)
+        return None
 
     def _release(self, claimed: ClaimedDelivery) -> None:
         try:

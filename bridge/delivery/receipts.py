@@ -137,27 +137,48 @@ def handle_acknowledgements(
 
     Each is handled as ``handle_acknowledgement`` says (``receipt_follow_up`` decides what is stored
     with it); one result per Acknowledgement, in order, or the ``StoreError`` of a forward that alone
-    failed. Raises ``StoreError`` when nothing could be stored. The dispatcher hands over the receipts
-    of a whole batch of deliveries at once: one commit instead of several per receipt.
+    failed. Raises ``StoreError`` when nothing could be stored.
     """
     if not received:
         return []
-    now = clock.now()
-    # The first of several with one ack id is the one recorded (the others are its duplicates), so
-    # the first one's envelope is what a forward carries.
-    first: dict[tuple[str, str], ReceivedAcknowledgement] = {}
-    for r in received:
-        first.setdefault((r.receipt.header_id, r.from_system), r)
+    batch = AcknowledgementBatch.of(settings, clock.now(), received)
+    return batch.handled(store.record_receipts(batch.receipts, batch.follow_up))
 
-    def follow_up(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgementBatch:
+    """Received Acknowledgements made ready for the store: what ``OutboxStore.record_receipts`` (or
+    ``complete_with_receipts``, the dispatcher's delivered results with the receipts their receivers
+    answered with) takes, and ``handled`` to read what it returns."""
+
+    settings: Settings
+    received: Sequence[ReceivedAcknowledgement]
+    now: datetime
+    receipts: list[NewReceipt]
+    first: dict[tuple[str, str], ReceivedAcknowledgement]
+
+    @classmethod
+    def of(
+        cls, settings: Settings, now: datetime, received: Sequence[ReceivedAcknowledgement]
+    ) -> AcknowledgementBatch:
+        # The first of several with one ack id is the one recorded (the others are its duplicates), so
+        # the first one's envelope is what a forward carries.
+        first: dict[tuple[str, str], ReceivedAcknowledgement] = {}
+        for r in received:
+            first.setdefault((r.receipt.header_id, r.from_system), r)
+        return cls(settings, received, now, [new_receipt(r, now) for r in received], first)
+
+    def follow_up(self, correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        """What the store keeps with a receipt (``ReceiptFollowUps``)."""
         key = (correlation.receipt.ack_header_id, correlation.receipt.from_system)
-        return receipt_follow_up(settings, first[key], correlation, now)
+        return receipt_follow_up(self.settings, self.first[key], correlation, self.now)
 
-    recorded = store.record_receipts([new_receipt(r, now) for r in received], follow_up)
-    results: list[ReceiptHandling | StoreError] = []
-    for item, done in zip(received, recorded, strict=True):
-        results.append(_handled(settings, item, done, now))
-    return results
+    def handled(self, recorded: Sequence[RecordedReceipt]) -> list[ReceiptHandling | StoreError]:
+        """One result per Acknowledgement, in order, from what the store recorded."""
+        return [
+            _handled(self.settings, item, done, self.now)
+            for item, done in zip(self.received, recorded, strict=True)
+        ]
 
 
 def new_receipt(received: ReceivedAcknowledgement, now: datetime) -> NewReceipt:
@@ -405,6 +426,7 @@ def _queue(
 
 __all__ = [
     "ACKNOWLEDGEMENT_KIND",
+    "AcknowledgementBatch",
     "ReceiptHandling",
     "ReceivedAcknowledgement",
     "handle_acknowledgement",

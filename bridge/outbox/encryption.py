@@ -34,6 +34,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -43,6 +44,7 @@ from bridge.outbox.port import (
     AcceptRequest,
     AcceptResult,
     Admission,
+    AttemptRecord,
     AuditRecord,
     ClaimedDelivery,
     NewDelivery,
@@ -187,14 +189,34 @@ class EncryptingStore:
     ) -> list[RecordedReceipt]:
         """``OutboxStore.record_receipts`` with the payloads of every forward sealed."""
 
+        results: list[RecordedReceipt] = self.inner.record_receipts(receipts, self._sealing(follow_up))
+        return results
+
+    def complete_with_receipts(
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord],
+        receipts: Sequence[NewReceipt],
+        follow_up: ReceiptFollowUps,
+    ) -> tuple[list[str], list[RecordedReceipt]]:
+        """``OutboxStore.complete_with_receipts`` with the payloads of every forward sealed."""
+        done: tuple[list[str], list[RecordedReceipt]] = self.inner.complete_with_receipts(
+            worker_id, completed, now, audit, receipts, self._sealing(follow_up)
+        )
+        return done
+
+    def _sealing(self, follow_up: ReceiptFollowUps) -> ReceiptFollowUps:
+        """``follow_up`` with the payload of each forward it makes sealed."""
+
         def sealed(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
             then = follow_up(correlation)
             if then.forward is None:
                 return then
             return replace(then, forward=self._sealed(then.forward))
 
-        results: list[RecordedReceipt] = self.inner.record_receipts(receipts, sealed)
-        return results
+        return sealed
 
     def claim_due(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
         """``OutboxStore.claim_due`` with each payload opened."""

@@ -531,6 +531,25 @@ class OutboxStore(Protocol):
         """
         ...
 
+    def complete_with_receipts(
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord],
+        receipts: Sequence[NewReceipt],
+        follow_up: ReceiptFollowUps,
+    ) -> tuple[list[str], list[RecordedReceipt]]:
+        """``complete_many`` and then ``record_receipts`` in ONE transaction (one commit where there
+        were two): a batch of delivered results with the receipts their receivers answered with.
+
+        Returns what each returns: the ids whose lease was lost, and one ``RecordedReceipt`` per
+        receipt. A receipt is recorded whether or not its delivery's lease was lost (the receiver did
+        acknowledge the message). When the transaction fails as a whole nothing is stored and the
+        error is raised.
+        """
+        ...
+
     def receipt_overdue(
         self, now: datetime, wait: timedelta, max_resends: int, limit: int
     ) -> list[DeliveryRecord]:

@@ -578,26 +578,59 @@ class PostgresOutboxStore:
         The audit lock is taken after the pair locks and before any row changes, as ``accept_many``
         takes them, so the two never wait on each other in a cycle.
         """
-        lost: list[str] = []
         if not completed:
-            return lost
+            return []
         with self._tx() as cur:
             pairs = self._lock_pairs_of(cur, [delivery_id for delivery_id, _ in completed])
             if audit:
                 cur.execute(_Q["lock_audit"])
-            for delivery_id, attempt in completed:
-                params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
-                if cur.execute(_Q["complete"], params).rowcount == 1:
-                    cur.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
-                else:
-                    lost.append(delivery_id)
-            self._recompute_heads(cur, pairs)
-            if audit:
-                gone = set(lost)
-                for delivery_id, _ in completed:
-                    record = audit.get(delivery_id)
-                    if record is not None and delivery_id not in gone:
-                        self._append_audit(cur, record, locked=True)
+            return self._complete_many(cur, pairs, worker_id, completed, now, audit)
+
+    def complete_with_receipts(
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord],
+        receipts: Sequence[NewReceipt],
+        follow_up: ReceiptFollowUps,
+    ) -> tuple[list[str], list[RecordedReceipt]]:
+        """``complete_many`` and then ``record_receipts`` in ONE transaction.
+
+        The locks are taken as each takes them: the pairs, then the audit lock, before any row changes.
+        """
+        if not completed and not receipts:
+            return [], []
+        with self._tx() as cur:
+            pairs = self._lock_pairs_of(cur, [delivery_id for delivery_id, _ in completed])
+            cur.execute(_Q["lock_audit"])
+            lost = self._complete_many(cur, pairs, worker_id, completed, now, audit)
+            return lost, self._record_receipts(cur, receipts, follow_up)
+
+    def _complete_many(
+        self,
+        cur: Cursor,
+        pairs: list[tuple[str, str]],
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None,
+    ) -> list[str]:
+        """The rows of ``complete_many``; the pairs (and, with ``audit``, the audit lock) are locked."""
+        lost: list[str] = []
+        for delivery_id, attempt in completed:
+            params = {"id": delivery_id, "worker_id": worker_id, "now": _aware(now)}
+            if cur.execute(_Q["complete"], params).rowcount == 1:
+                cur.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            else:
+                lost.append(delivery_id)
+        self._recompute_heads(cur, pairs)
+        if audit:
+            gone = set(lost)
+            for delivery_id, _ in completed:
+                record = audit.get(delivery_id)
+                if record is not None and delivery_id not in gone:
+                    self._append_audit(cur, record, locked=True)
         return lost
 
     def schedule_retry(
@@ -705,26 +738,32 @@ class PostgresOutboxStore:
         """
         if not receipts:
             return []
-        results: list[RecordedReceipt] = []
         with self._tx() as cur:
             cur.execute(_Q["lock_audit"])
-            for receipt in receipts:
-                correlation = self._record_receipt(cur, receipt, details=True)
-                then = follow_up(correlation)
-                check_receipt_forward(then)
-                if then.audit is not None:
-                    self._append_audit(cur, then.audit, locked=True)
-                forwarded: AcceptResult | StoreError | None = None
-                if then.forward is not None and correlation.new:
-                    try:
-                        with cur.connection.transaction():
-                            forwarded = self._accept_one(cur, then.forward)
-                    except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                        forwarded = StoreError(f"PostgreSQL store: {exc.diag.message_primary or exc}")
-                        forwarded.__cause__ = exc
-                    except StoreError as exc:
-                        forwarded = exc
-                results.append(RecordedReceipt(correlation, forwarded))
+            return self._record_receipts(cur, receipts, follow_up)
+
+    def _record_receipts(
+        self, cur: Cursor, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        """The rows of ``record_receipts``; the audit lock is held."""
+        results: list[RecordedReceipt] = []
+        for receipt in receipts:
+            correlation = self._record_receipt(cur, receipt, details=True)
+            then = follow_up(correlation)
+            check_receipt_forward(then)
+            if then.audit is not None:
+                self._append_audit(cur, then.audit, locked=True)
+            forwarded: AcceptResult | StoreError | None = None
+            if then.forward is not None and correlation.new:
+                try:
+                    with cur.connection.transaction():
+                        forwarded = self._accept_one(cur, then.forward)
+                except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                    forwarded = StoreError(f"PostgreSQL store: {exc.diag.message_primary or exc}")
+                    forwarded.__cause__ = exc
+                except StoreError as exc:
+                    forwarded = exc
+            results.append(RecordedReceipt(correlation, forwarded))
         return results
 
     def _record_receipt(self, cur: Cursor, receipt: NewReceipt, *, details: bool) -> ReceiptCorrelation:

@@ -675,27 +675,53 @@ class SqliteOutboxStore:
     ) -> list[str]:
         """``complete`` for several deliveries in one transaction, with the audit records of those it
         completes; returns the ids whose lease was lost."""
-        lost: list[str] = []
         if not completed:
-            return lost
+            return []
+        with self._write() as conn:
+            return self._complete_many(conn, worker_id, completed, now, audit)
+
+    def complete_with_receipts(
+        self,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord],
+        receipts: Sequence[NewReceipt],
+        follow_up: ReceiptFollowUps,
+    ) -> tuple[list[str], list[RecordedReceipt]]:
+        """``complete_many`` and then ``record_receipts`` in ONE transaction."""
+        if not completed and not receipts:
+            return [], []
+        with self._write() as conn:
+            lost = self._complete_many(conn, worker_id, completed, now, audit) if completed else []
+            return lost, self._record_receipts(conn, receipts, follow_up)
+
+    def _complete_many(
+        self,
+        conn: sqlite3.Connection,
+        worker_id: str,
+        completed: Sequence[tuple[str, AttemptRecord]],
+        now: datetime,
+        audit: Mapping[str, AuditRecord] | None,
+    ) -> list[str]:
+        lost: list[str] = []
         pairs: set[tuple[str | None, str]] = set()
         stamp = _ts(now)
-        with self._write() as conn:
-            for delivery_id, attempt in completed:
-                params = {"id": delivery_id, "worker_id": worker_id, "now": stamp}
-                changed = conn.execute(_Q["complete"], params).fetchall()
-                if changed:
-                    pairs.add((changed[0]["citizen_key"], changed[0]["destination"]))
-                    conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
-                else:
-                    lost.append(delivery_id)
-            _recompute_heads(conn, pairs)
-            if audit:
-                gone = set(lost)
-                for delivery_id, _ in completed:
-                    record = audit.get(delivery_id)
-                    if record is not None and delivery_id not in gone:
-                        self._append_audit(conn, record)
+        for delivery_id, attempt in completed:
+            params = {"id": delivery_id, "worker_id": worker_id, "now": stamp}
+            changed = conn.execute(_Q["complete"], params).fetchall()
+            if changed:
+                pairs.add((changed[0]["citizen_key"], changed[0]["destination"]))
+                conn.execute(_Q["insert_attempt"], _attempt_params(delivery_id, worker_id, attempt))
+            else:
+                lost.append(delivery_id)
+        _recompute_heads(conn, pairs)
+        if audit:
+            gone = set(lost)
+            for delivery_id, _ in completed:
+                record = audit.get(delivery_id)
+                if record is not None and delivery_id not in gone:
+                    self._append_audit(conn, record)
         return lost
 
     def schedule_retry(
@@ -782,25 +808,30 @@ class SqliteOutboxStore:
         """
         if not receipts:
             return []
-        results: list[RecordedReceipt] = []
         with self._write() as conn:
-            for receipt in receipts:
-                correlation = self._record_receipt(conn, receipt, details=True)
-                then = follow_up(correlation)
-                check_receipt_forward(then)
-                if then.audit is not None:
-                    self._append_audit(conn, then.audit)
-                forwarded: AcceptResult | StoreError | None = None
-                if then.forward is not None and correlation.new:
-                    conn.execute("SAVEPOINT receipt_forward")
-                    try:
-                        forwarded = self._accept_one(conn, then.forward, None)[0]  # the head read afresh
-                    except sqlite3.IntegrityError as exc:
-                        conn.execute("ROLLBACK TO receipt_forward")
-                        forwarded = StoreError(str(exc))
-                        forwarded.__cause__ = exc
-                    conn.execute("RELEASE receipt_forward")
-                results.append(RecordedReceipt(correlation, forwarded))
+            return self._record_receipts(conn, receipts, follow_up)
+
+    def _record_receipts(
+        self, conn: sqlite3.Connection, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+    ) -> list[RecordedReceipt]:
+        results: list[RecordedReceipt] = []
+        for receipt in receipts:
+            correlation = self._record_receipt(conn, receipt, details=True)
+            then = follow_up(correlation)
+            check_receipt_forward(then)
+            if then.audit is not None:
+                self._append_audit(conn, then.audit)
+            forwarded: AcceptResult | StoreError | None = None
+            if then.forward is not None and correlation.new:
+                conn.execute("SAVEPOINT receipt_forward")
+                try:
+                    forwarded = self._accept_one(conn, then.forward, None)[0]  # the head read afresh
+                except sqlite3.IntegrityError as exc:
+                    conn.execute("ROLLBACK TO receipt_forward")
+                    forwarded = StoreError(str(exc))
+                    forwarded.__cause__ = exc
+                conn.execute("RELEASE receipt_forward")
+            results.append(RecordedReceipt(correlation, forwarded))
         return results
 
     def _record_receipt(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import orjson
+import pytest
 from delivery_bed import (
     ADMISSION,
     DISCHARGE,
@@ -22,6 +23,7 @@ from delivery_bed import (
     message_variant,
 )
 
+from bridge.delivery import receipts as receipts_module
 from bridge.delivery.receipts import receipt_ids
 from bridge.medcom.acknowledgement import build_acknowledgement, parse_acknowledgement
 from bridge.outbox.port import MessageFilter
@@ -227,6 +229,30 @@ def test_a_synchronous_acknowledgement_is_recorded_and_forwarded_to_the_sender(b
     # A receipt that came needs no resend.
     bed.clock.advance(timedelta(hours=2))
     assert dispatcher.check_receipts().resent == 0
+
+
+def test_a_receipt_whose_handling_fails_costs_its_forward_not_the_delivered_result(
+    bed: Bed, trio: Trio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, kommune, _ = trio
+    payload = ADMISSION.read_bytes()
+    ack = build_acknowledgement(json.loads(payload), "ok")
+    kommune.script = answers(Reply(200, {"Content-Type": "application/fhir+json"}, json.dumps(ack).encode()))
+    message = bed.accept(payload)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a defect in receipt handling")
+
+    # It fails inside the transaction that stores the result with the receipt: the result must still
+    # be stored (else the delivery would go out again and again), only without its receipt.
+    monkeypatch.setattr(receipts_module, "receipt_follow_up", broken)
+    dispatcher = bed.dispatcher()
+    assert dispatcher.run_once() == 1
+
+    trace = bed.delivery(message)
+    assert (trace.delivery.state, trace.delivery.receipt_code, trace.receipts) == ("delivered", None, ())
+    assert len(kommune.requests) == 1
+    assert bed.store.list_messages(MessageFilter(kind="acknowledgement")) == []
 
 
 def test_order_per_citizen_is_kept_and_one_failing_citizen_blocks_nobody_else(bed: Bed, trio: Trio) -> None:

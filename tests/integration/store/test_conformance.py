@@ -1133,6 +1133,69 @@ def test_a_failing_forward_is_rolled_back_alone_and_a_forward_naming_a_citizen_i
     assert store.record_receipt(about_someone).duplicate  # type: ignore[union-attr]
 
 
+def test_complete_with_receipts_stores_results_and_receipts_in_one_transaction(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    first = messages.build(citizen="c1", expect_receipt=True)
+    second = messages.build(citizen="c2", expect_receipt=True)
+    # The second's lease goes to another worker: its result does not count, its receipt does.
+    store.accept(*second)
+    (two,) = store.claim_due("w1", clock.now(), LEASE, 10)
+    clock.advance(LEASE + timedelta(seconds=1))
+    (taken,) = store.claim_due("w2", clock.now(), LEASE, 10)
+    store.accept(*first)
+    (one,) = store.claim_due("w1", clock.now(), LEASE, 10)
+    now = clock.now()
+    records = {c.id: AuditRecord(now, "delivery.delivered", "w1", b"{}", c.message_id) for c in (one, two)}
+    receipts = [
+        NewReceipt("ack-1", first[0].header_id, "kbh", "ok", now),
+        NewReceipt("ack-2", second[0].header_id, "kbh", "ok", now),
+    ]
+    audit_before = len(store.read_audit(limit=1000))
+
+    lost, recorded = store.complete_with_receipts(
+        "w1",
+        [(one.id, ok(clock)), (two.id, ok(clock))],
+        now,
+        records,
+        receipts,
+        lambda c: ReceiptFollowUp(forward=_forward(clock, c, "rh")),
+    )
+
+    assert lost == [taken.id]
+    assert [r.correlation.receipt for r in recorded] == receipts
+    assert all(isinstance(r.forwarded, AcceptResult) and r.forwarded.accepted for r in recorded)
+    states = {d.id: (d.state, d.receipt_code) for d in store.list_deliveries() if d.destination == "kbh"}
+    assert states == {one.id: ("delivered", "ok"), two.id: ("leased", "ok")}
+    forwards = store.list_messages(MessageFilter(kind="acknowledgement"))
+    assert sorted(m.header_id for m in forwards) == ["ack-1", "ack-2"]
+    trail = store.read_audit(limit=1000)[audit_before:]
+    assert [e.record.action for e in trail] == ["delivery.delivered", "receipt.received", "receipt.received"]
+    assert verify_audit_chain(store.read_audit(limit=1000)) is None
+    assert store.complete_with_receipts("w1", [], now, {}, [], lambda c: ReceiptFollowUp()) == ([], [])
+
+    # A failing follow-up fails the whole transaction: neither the result nor the receipt is stored.
+    third = messages.build(citizen="c3", expect_receipt=True)
+    store.accept(*third)
+    (three,) = [c for c in store.claim_due("w1", clock.now(), LEASE, 10) if c.message_id == third[0].id]
+
+    def naming_a_citizen(correlation: ReceiptCorrelation) -> ReceiptFollowUp:
+        forward = _forward(clock, correlation, "rh")
+        return ReceiptFollowUp(forward=replace(forward, message=replace(forward.message, citizen_key="c1")))
+
+    with pytest.raises(ValueError, match="citizen"):
+        store.complete_with_receipts(
+            "w1",
+            [(three.id, ok(clock))],
+            now,
+            {},
+            [NewReceipt("ack-3", third[0].header_id, "kbh", "ok", now)],
+            naming_a_citizen,
+        )
+    (left,) = [d for d in store.list_deliveries() if d.id == three.id]
+    assert (left.state, left.receipt_code) == ("leased", None)
+
+
 def test_message_record_reads_a_message_by_id_or_header_id(store: OutboxStore, messages: Messages) -> None:
     message, deliveries, audit = messages.build(citizen="c1", destinations=("kbh", "aarhus"))
     store.accept(message, deliveries, audit)

@@ -258,7 +258,9 @@ def test_no_cpr_number_outside_the_payloads(
     assert in_payload == (1,)  # the CPR is there, inside the payload, as it must be
 
 
-def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(server: str, schema: str) -> None:
+def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(
+    server: str, schema: str
+) -> None:
     when = "2024-01-01T00:00:00Z"
     with admin(server) as conn:
         conn.execute(f'SET search_path TO "{schema}"')

@@ -156,8 +156,9 @@ def test_payloads_are_sealed_at_rest_and_plain_through_the_store(
     assert CPR not in (store.message_payload(message.id) or b"CPR")
 
 
+@pytest.mark.parametrize("with_result", [False, True], ids=["receipts", "result-and-receipts"])
 def test_a_forwarded_receipt_is_sealed_at_rest_too(
-    store: OutboxStore, clock: FakeClock, messages: Messages, tmp_path: Path
+    store: OutboxStore, clock: FakeClock, messages: Messages, tmp_path: Path, with_result: bool
 ) -> None:
     sealed = encrypting_store(store, f"k2026={_key()}")
     message, deliveries, audit = messages.from_example(ADMISSION, expect_receipt=True)
@@ -173,9 +174,14 @@ def test_a_forwarded_receipt_is_sealed_at_rest_too(
             forward=AcceptRequest(forwarded, [NewDelivery("rh", ack, "application/fhir+json")], record)
         )
 
-    (recorded,) = sealed.record_receipts(
-        [NewReceipt("h-ack", message.header_id, "kbh", "ok", clock.now())], forward
-    )
+    receipt = NewReceipt("h-ack", message.header_id, "kbh", "ok", clock.now())
+    if with_result:  # as the dispatcher stores a delivered result with its receiver's receipt
+        (claimed,) = sealed.claim_due("w1", clock.now(), LEASE, 10)
+        _, (recorded,) = sealed.complete_with_receipts(
+            "w1", [(claimed.id, _ok(clock))], clock.now(), {}, [receipt], forward
+        )
+    else:
+        (recorded,) = sealed.record_receipts([receipt], forward)
 
     assert recorded.forwarded is not None and not isinstance(recorded.forwarded, Exception)
     (to_rh,) = [d for d in sealed.list_deliveries() if d.destination == "rh"]

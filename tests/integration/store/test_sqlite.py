@@ -246,7 +246,9 @@ def test_accepted_messages_survive_kill_9(tmp_path: Path) -> None:
     assert uuid.UUID(acknowledged[0])
 
 
-def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(tmp_path: Path, clock: FakeClock) -> None:
+def test_migrations_mark_the_heads_and_move_the_payloads_of_existing_deliveries(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     db = tmp_path / "version-2.db"
     raw = sqlite3.connect(db)
     try:
