@@ -56,6 +56,7 @@ from bridge.outbox.port import (
     OutboxStore,
     StoreUnavailable,
     check_accept_requests,
+    new_id,
 )
 from bridge.routing import (
     Receiver,
@@ -360,7 +361,7 @@ class Ingress:
                 event = to_event(bundle, previously_deceased=deceased)
         wire = body if fmt == "json" else orjson.dumps(bundle)
         deliveries = [self._medcom_delivery(r.system, kind, bundle, wire, event) for r in receivers]
-        message_id = str(uuid.uuid4())
+        message_id = new_id()
         response, _ = render(accepted_outcome(message_id, header_id, receivers), answer_format(accept, fmt))
         message = NewMessage(
             bundle_id=bundle_id,
@@ -719,7 +720,7 @@ class Ingress:
         mapping_version: str | None = None,
         cpr: str | None = None,
     ) -> Reply:
-        message_id = str(uuid.uuid4())
+        message_id = new_id()
         response = orjson.dumps(accepted_outcome(message_id, header_id, receivers))
         message = NewMessage(
             bundle_id=bundle_id,

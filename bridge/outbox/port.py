@@ -29,6 +29,8 @@ the citizen, because the audit trail is where "about whom" must be answerable).
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,8 +75,22 @@ class InvalidTransition(StoreError):
     """The delivery is not in a state that allows the operation (e.g. replaying one that is not dead)."""
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
+def new_id() -> str:
+    """A fresh id for a stored row: a UUID of version 7 (RFC 9562), 48 bits of Unix time in
+    milliseconds followed by 74 random bits.
+
+    Ids made later sort later, so an index on them grows at its end: a batch of new messages and
+    deliveries writes one index page, where random (version 4) ids changed a page per row."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big") >> 6  # 74 random bits
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 62) << 64  # 12 bits
+        | 0b10 << 62  # the RFC variant
+        | (rand & ((1 << 62) - 1))  # 62 bits
+    )
+    return str(uuid.UUID(int=value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +107,7 @@ class NewMessage:
     received_at: datetime
     response: bytes = b""  # the answer given to the sender, replayed verbatim for duplicates
     mapping_version: str | None = None  # the mapping sets that translated it ("name@version+digest; ...")
-    id: str = field(default_factory=_new_id)
+    id: str = field(default_factory=new_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +119,7 @@ class NewDelivery:
     content_type: str
     expect_receipt: bool = False  # MedCom destinations answer with an Acknowledgement
     not_before: datetime | None = None  # None: due at once
-    id: str = field(default_factory=_new_id)
+    id: str = field(default_factory=new_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,6 +268,9 @@ class SqliteOutboxStore:
         conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Savepoint journals (every write runs under one) in memory: in a temporary file, each
+        # transaction created, wrote and deleted a file - about a third of a batch's CPU time.
+        conn.execute("PRAGMA temp_store=MEMORY")
         if readonly:
             conn.execute("PRAGMA query_only=ON")
         return conn
