@@ -6,11 +6,12 @@ One round (``run_once``, or each turn of the background loop that ``start`` runs
    resent in a new envelope with the same MessageHeader.id, at most ``medcom.max_resends`` times;
    after the last resend without a receipt the delivery is dead ("no receipt").
 2. **Claim** due deliveries under a lease (``dispatcher.lease``), at most as many as there are free
-   delivery threads, skipping destinations that already hold twice their concurrency limit - so a
-   slow receiver's backlog never crowds out the others. Each destination's posts run at most
-   ``concurrency`` at a time; the second half waits its turn in this process, so the next posts are
-   ready when one finishes, and the store is asked again (one claim for many deliveries) only when
-   a destination's waiting work is used up.
+   delivery threads, fairly between destinations (each an equal share, oldest first within it) and
+   skipping destinations that already hold twice their concurrency limit - so neither a slow
+   receiver's backlog nor a long one to a healthy receiver crowds out the others. Each destination's
+   posts run at most ``concurrency`` at a time; the second half waits its turn in this process, so
+   the next posts are ready when one finishes, and the store is asked again (one claim for many
+   deliveries) only when a destination's waiting work is used up.
 3. **Deliver** each on a small thread pool (the work is waiting on sockets; a store call is short):
    POST, classify (``outcome.classify``), decide (``policy.decide`` with the destination's policy),
    and ``complete`` / ``schedule_retry`` / ``dead_letter``, each recording the attempt (time, status,
@@ -303,24 +304,32 @@ class Dispatcher:
 
     # -- claiming --------------------------------------------------------------------------------------
 
-    def _capacity(self) -> tuple[int, set[str]]:
+    def _capacity(self) -> tuple[int, dict[str, int]]:
+        """Free delivery threads, and how many more deliveries each destination may hold now (a claim
+        skips the destinations with none)."""
         with self._lock:
             free = self._threads - len(self._jobs)
-            full = {
-                s.id
-                for s in self._settings.systems
-                if self._per_destination[s.id] >= CLAIM_AHEAD * s.concurrency
-            }
-        return free, full
+            systems = self._settings.systems
+            room = {s.id: CLAIM_AHEAD * s.concurrency - self._per_destination[s.id] for s in systems}
+        return free, room
 
     def _claim(self) -> list[ClaimedDelivery]:
-        free, full = self._capacity()
+        free, room = self._capacity()
+        full = {destination for destination, n in room.items() if n <= 0}
         if free <= 0 or len(full) == len(self._settings.systems):
             self._starved = True
             return []
         limit = min(self._config.batch_size, free)
+        # Fair between destinations: each that is not full takes an equal share of the free threads
+        # (and what another cannot use), so a destination with a long backlog never holds back new
+        # work for the others.
         claimed = self._store.claim_due(
-            self.worker_id, self._clock.now(), self._config.lease, limit, skip_destinations=full
+            self.worker_id,
+            self._clock.now(),
+            self._config.lease,
+            limit,
+            skip_destinations=full,
+            per_destination=dict.fromkeys(room.keys() - full, limit),
         )
         self._starved = len(claimed) == limit or bool(full)
         return claimed

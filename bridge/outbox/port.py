@@ -35,9 +35,11 @@ import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from bridge.errors import BridgeError
+
+_Row = TypeVar("_Row")
 
 DeliveryState = Literal["pending", "leased", "delivered", "dead"]
 MessageState = Literal["in-flight", "delivered", "dead"]
@@ -469,11 +471,19 @@ class OutboxStore(Protocol):
         limit: int,
         *,
         skip_destinations: Collection[str] = (),
+        per_destination: Mapping[str, int] | None = None,
     ) -> list[ClaimedDelivery]:
         """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order.
 
         Deliveries to ``skip_destinations`` are left alone: the dispatcher names the destinations
         whose concurrency limit is reached, so their backlog does not crowd out the others.
+
+        With ``per_destination`` (how many each destination may take now), the claim is fair between
+        destinations rather than oldest first across all: each named destination gets an equal share
+        of ``limit`` (at most its number, oldest first within it), what one cannot use goes to the
+        others (``claim_by_destination``), and a destination not named gets what is left after them.
+        Leases taken over from a worker that went quiet still come first and count against their
+        destination's number.
         """
         ...
 
@@ -638,6 +648,52 @@ class OutboxStore(Protocol):
     def destination_queues(self) -> list[DestinationQueue]:
         """The backlog of every destination that has open or dead deliveries, by destination id."""
         ...
+
+
+def fair_shares(total: int, wants: Mapping[str, int]) -> dict[str, int]:
+    """``total`` split between destinations, each wanting at most ``wants[d]``: an equal share for
+    each, and what one cannot use (it wants less) goes to the others. Never more than ``total`` in
+    all, nor more than a destination wants. Pure."""
+    shares: dict[str, int] = {}
+    left = max(total, 0)
+    ordered = sorted((n, d) for d, n in wants.items() if n > 0)
+    for i, (want, destination) in enumerate(ordered):
+        share = min(want, -(-left // (len(ordered) - i)))  # the ceiling of an equal share of what is left
+        shares[destination] = share
+        left -= share
+    return shares
+
+
+def claim_by_destination(
+    limit: int,
+    per_destination: Mapping[str, int],
+    skip: Collection[str],
+    claim_to: Callable[[str, int], list[_Row]],
+    claim_rest: Callable[[int, Collection[str]], list[_Row]],
+) -> list[_Row]:
+    """The pending part of ``OutboxStore.claim_due`` with ``per_destination``, inside an adapter's
+    transaction: ``claim_to(destination, n)`` claims up to n of one destination (oldest first),
+    ``claim_rest(n, skipped)`` up to n of any destination but the skipped ones.
+
+    First each named destination claims its fair share of ``limit`` (at most what it may take);
+    then what some could not use goes to those that took their whole share; then destinations not
+    named at all (none of the dispatcher's: say, one no longer configured) take what is left.
+    """
+    wants = {d: n for d, n in per_destination.items() if n > 0 and d not in skip}
+    rows: list[_Row] = []
+    for destination, share in fair_shares(limit, wants).items():
+        claimed = claim_to(destination, share)
+        rows += claimed
+        if len(claimed) < share:
+            wants[destination] = 0  # nothing more is due there
+        else:
+            wants[destination] -= share
+    if len(rows) < limit:
+        for destination, share in fair_shares(limit - len(rows), wants).items():
+            rows += claim_to(destination, share)
+    if len(rows) < limit:
+        rows += claim_rest(limit - len(rows), {*skip, *per_destination})
+    return rows
 
 
 def check_accept_requests(requests: Sequence[AcceptRequest]) -> None:

@@ -44,6 +44,7 @@ Schema and queries live as SQL files in ``bridge/outbox/sql/postgres/``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -94,6 +95,7 @@ from bridge.outbox.port import (
     audit_hash,
     check_accept_requests,
     check_receipt_forward,
+    claim_by_destination,
     classify_duplicate,
     only_result,
 )
@@ -504,8 +506,10 @@ class PostgresOutboxStore:
         limit: int,
         *,
         skip_destinations: Collection[str] = (),
+        per_destination: Mapping[str, int] | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order."""
+        """Lease up to ``limit`` due deliveries (oldest due first, or fairly between destinations with
+        ``per_destination``), honouring per-citizen order."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         if lease <= timedelta(0):
@@ -519,8 +523,21 @@ class PostgresOutboxStore:
         }
         with self._tx() as cur:
             rows = cur.execute(_Q["claim_expired"], params).fetchall()
-            if len(rows) < limit:
+            if len(rows) < limit and per_destination is None:
                 rows += cur.execute(_Q["claim_pending"], {**params, "limit": limit - len(rows)}).fetchall()
+            elif len(rows) < limit and per_destination is not None:
+                taken = Counter(r["destination"] for r in rows)
+                rows += claim_by_destination(
+                    limit - len(rows),
+                    {d: n - taken[d] for d, n in per_destination.items()},
+                    skip_destinations,
+                    lambda destination, n: cur.execute(
+                        _Q["claim_pending_to"], {**params, "destination": destination, "limit": n}
+                    ).fetchall(),
+                    lambda n, skipped: cur.execute(
+                        _Q["claim_pending"], {**params, "limit": n, "skip": sorted(skipped)}
+                    ).fetchall(),
+                )
         # RETURNING yields rows in no promised order; hand them out oldest first.
         rows.sort(key=lambda r: (r["next_attempt_at"], r["seq"]))
         return [

@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,7 @@ from bridge.outbox.port import (
     audit_hash,
     check_accept_requests,
     check_receipt_forward,
+    claim_by_destination,
     classify_duplicate,
     format_timestamp,
     only_result,
@@ -603,8 +605,10 @@ class SqliteOutboxStore:
         limit: int,
         *,
         skip_destinations: Collection[str] = (),
+        per_destination: Mapping[str, int] | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries (oldest due first), honouring per-citizen order."""
+        """Lease up to ``limit`` due deliveries (oldest due first, or fairly between destinations with
+        ``per_destination``), honouring per-citizen order."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         if lease <= timedelta(0):
@@ -618,8 +622,21 @@ class SqliteOutboxStore:
         }
         with self._write() as conn:
             rows = conn.execute(_Q["claim_expired"], params).fetchall()
-            if len(rows) < limit:
+            if len(rows) < limit and per_destination is None:
                 rows += conn.execute(_Q["claim_pending"], {**params, "limit": limit - len(rows)}).fetchall()
+            elif len(rows) < limit and per_destination is not None:
+                taken = Counter(r["destination"] for r in rows)
+                rows += claim_by_destination(
+                    limit - len(rows),
+                    {d: n - taken[d] for d, n in per_destination.items()},
+                    skip_destinations,
+                    lambda destination, n: conn.execute(
+                        _Q["claim_pending_to"], {**params, "destination": destination, "limit": n}
+                    ).fetchall(),
+                    lambda n, skipped: conn.execute(
+                        _Q["claim_pending"], {**params, "limit": n, "skip": json.dumps(sorted(skipped))}
+                    ).fetchall(),
+                )
         # RETURNING yields rows in no promised order; hand them out oldest first.
         rows.sort(key=lambda r: (r["next_attempt_at"], r["seq"]))
         return [

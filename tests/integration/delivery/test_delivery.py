@@ -331,6 +331,26 @@ def test_concurrency_limit_per_destination_holds_and_other_destinations_flow(bed
     assert len(receipts_in(hospital)) == 6  # an ok from the bridge for each municipal-v1 delivery
 
 
+def test_a_long_backlog_to_one_destination_does_not_hold_back_another(
+    make_bed: Callable[..., Bed], trio: Trio
+) -> None:
+    hospital, kommune, _ = trio
+    bed = make_bed(dispatcher={"batch_size": 4})
+    backlog = [bed.accept(message_variant(ADMISSION), cpr=None) for _ in range(12)]
+    bed.clock.advance(timedelta(seconds=1))
+    later = bed.accept(message_variant(ADMISSION), cpr=None, to=(HOSPITAL,), sender=KOMMUNE)
+
+    dispatcher = bed.dispatcher()
+    assert dispatcher.run_once() == 4
+    # Oldest first across all destinations would have sent four of the backlog; the hospital's
+    # share of the round took its one at once.
+    assert [r.header_id for r in hospital.requests] == [later.header_id]
+    assert len(kommune.requests) == 3
+    while dispatcher.run_once():
+        pass
+    assert sorted(r.header_id for r in kommune.requests) == sorted(m.header_id for m in backlog)
+
+
 def test_graceful_stop_releases_every_lease(bed: Bed, trio: Trio) -> None:
     _, kommune, _ = trio
 

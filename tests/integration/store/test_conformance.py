@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -384,6 +385,38 @@ def test_claim_skips_the_named_destinations(store: OutboxStore, messages: Messag
     again = store.claim_due("w2", clock.now(), LEASE, limit=10)
     assert sorted(c.id for c in again) == sorted(c.id for c in kbh)
     assert {c.attempt for c in again} == {2}
+
+
+def test_a_claim_per_destination_is_fair_between_destinations(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    # A long, old backlog to kbh; then a little to aarhus, and one to a destination nobody names.
+    backlog = [messages.build(citizen=f"c{n}", destinations=("kbh",)) for n in range(12)]
+    for m in backlog:
+        store.accept(*m)
+    clock.advance(timedelta(seconds=1))
+    newer = [messages.build(citizen=f"a{n}", destinations=("aarhus",)) for n in range(2)]
+    for m in newer:
+        store.accept(*m)
+    store.accept(*messages.build(destinations=("retired",)))
+    names = {"kbh": 10, "aarhus": 10}
+
+    first = store.claim_due("w1", clock.now(), LEASE, limit=6, per_destination=names)
+    # aarhus gets its two at once, not after kbh's backlog; kbh takes what aarhus cannot use.
+    assert Counter(c.destination for c in first) == {"kbh": 4, "aarhus": 2}
+    kbh = [c.message_id for c in first if c.destination == "kbh"]
+    assert kbh == [m[0].id for m in backlog[:4]]  # oldest first within a destination
+
+    # A destination's number caps it; an unnamed one gets what the named ones leave.
+    second = store.claim_due("w1", clock.now(), LEASE, limit=10, per_destination={"kbh": 3, "aarhus": 3})
+    assert Counter(c.destination for c in second) == {"kbh": 3, "retired": 1}
+    # Skipped destinations get nothing, named or not; expired leases come first.
+    clock.advance(LEASE)
+    third = store.claim_due(
+        "w2", clock.now(), LEASE, limit=5, skip_destinations={"retired"}, per_destination={"kbh": 4}
+    )
+    assert len(third) == 5 and "retired" not in {c.destination for c in third}
+    assert {c.attempt for c in third} == {2}  # all taken over from w1, the oldest work
 
 
 def test_message_and_delivery_payloads_read_back(

@@ -132,6 +132,27 @@ RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, 
           d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
           d.next_attempt_at, (SELECT p.payload FROM delivery_payloads p WHERE p.seq = d.seq) AS payload;
 
+-- name: claim_pending_to
+-- claim_pending for one destination, on its own scan (deliveries_claimable_to).
+WITH picked AS (
+    SELECT d.seq FROM deliveries d
+     WHERE d.destination = %(destination)s AND d.state = 'pending' AND d.head
+       AND d.next_attempt_at <= %(now)s
+     ORDER BY d.next_attempt_at, d.seq
+     LIMIT %(limit)s
+       FOR UPDATE OF d SKIP LOCKED)
+UPDATE deliveries d
+   SET state = 'leased',
+       lease_owner = %(worker_id)s,
+       lease_expires_at = %(lease_expires_at)s,
+       attempts = d.attempts + 1,
+       first_attempt_at = COALESCE(d.first_attempt_at, %(now)s)
+  FROM picked
+ WHERE d.seq = picked.seq
+RETURNING d.seq, d.id, d.message_id, d.header_id, d.destination, d.citizen_key, d.content_type,
+          d.attempts, d.created_at, d.first_attempt_at, d.lease_expires_at, d.resends, d.expect_receipt,
+          d.next_attempt_at, (SELECT p.payload FROM delivery_payloads p WHERE p.seq = d.seq) AS payload;
+
 -- name: lease_holder
 SELECT state, lease_owner FROM deliveries WHERE id = %(id)s;
 

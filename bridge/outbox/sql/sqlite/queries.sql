@@ -98,6 +98,24 @@ RETURNING seq, id, message_id, header_id, destination, citizen_key, content_type
           created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at,
           (SELECT p.payload FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload;
 
+-- name: claim_pending_to
+-- claim_pending for one destination, on its own scan (deliveries_claimable_to).
+UPDATE deliveries
+   SET state = 'leased',
+       lease_owner = :worker_id,
+       lease_expires_at = :lease_expires_at,
+       attempts = attempts + 1,
+       first_attempt_at = COALESCE(first_attempt_at, :now)
+ WHERE seq IN (
+        SELECT d.seq FROM deliveries d INDEXED BY deliveries_claimable_to
+         WHERE d.destination = :destination AND d.state = 'pending' AND d.head = 1
+           AND d.next_attempt_at <= :now
+         ORDER BY d.next_attempt_at, d.seq
+         LIMIT :limit)
+RETURNING seq, id, message_id, header_id, destination, citizen_key, content_type, attempts,
+          created_at, first_attempt_at, lease_expires_at, resends, expect_receipt, next_attempt_at,
+          (SELECT p.payload FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload;
+
 -- name: lease_holder
 SELECT state, lease_owner FROM deliveries WHERE id = :id;
 
