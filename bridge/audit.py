@@ -446,8 +446,12 @@ def verify_trail(
             if anchor is not None and entry.seq == anchor[0]:
                 if entry.hash != anchor[1]:
                     return TrailReport(
-                        count, entry.seq, entry.hash, entry.seq, f"audit record {entry.seq} is not the "
-                        "anchored one: its hash differs from the hash recorded earlier"
+                        count,
+                        entry.seq,
+                        entry.hash,
+                        entry.seq,
+                        f"audit record {entry.seq} is not the "
+                        "anchored one: its hash differs from the hash recorded earlier",
                     )
                 anchored = True
             prev = entry
@@ -457,7 +461,10 @@ def verify_trail(
     head_seq, head_hash = (prev.seq, prev.hash) if prev is not None else (0, AUDIT_GENESIS)
     if not anchored and anchor is not None:
         return TrailReport(
-            count, head_seq, head_hash, anchor[0],
+            count,
+            head_seq,
+            head_hash,
+            anchor[0],
             f"audit record {anchor[0]} is missing: the trail was cut back to record {head_seq}",
         )
     return TrailReport(count, head_seq, head_hash)

@@ -286,4 +286,3 @@ async def read_audit_event(
         raise NotFound(f"AuditEvent/{seq}")
     body = orjson.loads(entries[0].record.body)
     return Response(orjson.dumps(resource(entries[0], body)), media_type=FHIR_JSON)
-

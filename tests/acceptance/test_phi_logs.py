@@ -148,8 +148,10 @@ def test_no_cpr_number_or_name_is_ever_logged(start_stack: Any) -> None:
             assert ops.post(f"/deliveries/{dead['id']}/retry").status_code == 200
             assert ops.get(f"/messages/{dead['message_id']}").status_code == 200
         wait_until(
-            lambda: ops.get("/deliveries", params={"state": "dead"}).json()["deliveries"] == []
-            and ops.get("/deliveries", params={"state": "pending"}).json()["deliveries"] == [],
+            lambda: (
+                ops.get("/deliveries", params={"state": "dead"}).json()["deliveries"] == []
+                and ops.get("/deliveries", params={"state": "pending"}).json()["deliveries"] == []
+            ),
             60,
             "every delivery settled",
             bridge,

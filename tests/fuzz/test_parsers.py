@@ -142,8 +142,26 @@ def damaged_bytes(draw: st.DrawFn, originals: list[bytes]) -> bytes:
     return b"<?xml version='1.0'?><!DOCTYPE Bundle [" + entity.encode() + b"]>" + body.split(b"?>", 1)[-1]
 
 
-FHIR_ELEMENTS = ["Bundle", "entry", "resource", "MessageHeader", "id", "meta", "profile", "type", "value",
-                 "extension", "url", "valueString", "text", "div", "identifier", "system", "Patient", "name"]
+FHIR_ELEMENTS = [
+    "Bundle",
+    "entry",
+    "resource",
+    "MessageHeader",
+    "id",
+    "meta",
+    "profile",
+    "type",
+    "value",
+    "extension",
+    "url",
+    "valueString",
+    "text",
+    "div",
+    "identifier",
+    "system",
+    "Patient",
+    "name",
+]
 
 
 @st.composite
@@ -167,9 +185,7 @@ def random_xml(draw: st.DrawFn) -> bytes:
                 )
             ).items()
         )
-        children = (
-            "".join(element(depth + 1) for _ in range(draw(st.integers(0, 3)))) if depth < 6 else ""
-        )
+        children = "".join(element(depth + 1) for _ in range(draw(st.integers(0, 3)))) if depth < 6 else ""
         return f"<{name}{attrs}>{children}</{name}>"
 
     root = draw(st.sampled_from(["Bundle", "Patient", "Parameters", "x"]))
@@ -188,8 +204,13 @@ def _only_invalid_input(call: Any, *args: Any) -> Any:
 
 
 @_fuzz_settings(2)
-@given(body=st.one_of(st.binary(max_size=400), json_values.map(orjson.dumps), damaged_bytes(
-    [orjson.dumps(d) for d in MEDCOM_DOCS[:4]])))
+@given(
+    body=st.one_of(
+        st.binary(max_size=400),
+        json_values.map(orjson.dumps),
+        damaged_bytes([orjson.dumps(d) for d in MEDCOM_DOCS[:4]]),
+    )
+)
 def test_the_json_parser_returns_a_value_or_invalid_input(body: bytes) -> None:
     _only_invalid_input(parse_json, body)
     _only_invalid_input(parse_fhir, body, "json")

@@ -49,7 +49,11 @@ BUILDERS: dict[str, Callable[[], AuditRecord]] = {
         status="forwarded",
     ),
     "trace": lambda: audit.trace_read(
-        recorded=NOW, actor="operator:on-call", actor_kind="operator", message_id="m-1", header_id="h-1",
+        recorded=NOW,
+        actor="operator:on-call",
+        actor_kind="operator",
+        message_id="m-1",
+        header_id="h-1",
         citizen_key=KEY,
     ),
     "search": lambda: audit.audit_searched(

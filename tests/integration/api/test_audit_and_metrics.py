@@ -44,6 +44,8 @@ def bed(bed_factory: BedFactory) -> Bed:
         data["auditors"] = [{"name": "inspector", "sha256": hash_token(AUDIT_TOKEN)}]
 
     return bed_factory(with_auditor)
+
+
 STIN_CPR = "2509479989"  # the citizen of MedCom's examples
 OTHER_CPR = "1212121212"  # a second, made-up citizen for the municipal record
 STIN_HEADER = example(STIN)["entry"][0]["resource"]["id"]
@@ -122,14 +124,20 @@ def test_search_by_entity_agent_and_date(bed: Bed) -> None:
     assert subtypes(search(bed, entity=CC_HEADER)) == ["accept:care-communication"]
     assert subtypes(search(bed, agent=REHAB)) == ["accept:municipal-record"]
     hospital = search(bed, agent=HOSPITAL)
-    assert subtypes(hospital) == ["accept:hospital-notification", "accept:care-communication",
-                                  "accept:municipal-record", "reject"]
+    assert subtypes(hospital) == [
+        "accept:hospital-notification",
+        "accept:care-communication",
+        "accept:municipal-record",
+        "reject",
+    ]
     to_herlev = subtypes(search(bed, agent=HERLEV))
     assert to_herlev == ["accept:hospital-notification", "accept:care-communication"]
     first_day = by_header[0]["recorded"][:10]
     assert subtypes(search(bed, date=first_day)) == ["accept:hospital-notification"]
     assert subtypes(search(bed, date=f"gt{first_day}", agent=HOSPITAL)) == [
-        "accept:care-communication", "accept:municipal-record", "reject"
+        "accept:care-communication",
+        "accept:municipal-record",
+        "reject",
     ]
     stin_at = by_header[0]["recorded"]
     assert subtypes(search(bed, date=[f"ge{stin_at}", f"le{stin_at}"])) == ["accept:hospital-notification"]
@@ -151,7 +159,10 @@ def test_paging_follows_the_next_link(bed: Bed) -> None:
     [next_link] = [link["url"] for link in page["link"] if link["relation"] == "next"]
     rest = bed.client.get(next_link, headers=auth(AUDIT_TOKEN)).json()
     assert subtypes([e["resource"] for e in page["entry"] + rest["entry"]]) == [
-        "accept:hospital-notification", "accept:care-communication", "accept:municipal-record", "reject"
+        "accept:hospital-notification",
+        "accept:care-communication",
+        "accept:municipal-record",
+        "reject",
     ]
     one = bed.client.get(page["entry"][0]["fullUrl"], headers=auth(AUDIT_TOKEN))
     assert one.status_code == 200 and one.json() == page["entry"][0]["resource"]

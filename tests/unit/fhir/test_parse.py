@@ -21,8 +21,11 @@ SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 MEDCOM = SHARED / "medcom"
 #: Every official MedCom example instance (messages, core resources, test fixtures), not the profiles.
 EXAMPLES = sorted(
-    p for p in MEDCOM.rglob("*.json") if p.parent.name not in ("profiles", "terminology")
-    and "profiles" not in p.parts and "terminology" not in p.parts
+    p
+    for p in MEDCOM.rglob("*.json")
+    if p.parent.name not in ("profiles", "terminology")
+    and "profiles" not in p.parts
+    and "terminology" not in p.parts
 )
 #: Conformance resources too: StructureDefinitions with snapshots are the biggest, deepest FHIR we have.
 CONFORMANCE = sorted(p for p in MEDCOM.rglob("*.json") if "profiles" in p.parts or "terminology" in p.parts)
@@ -102,11 +105,16 @@ def test_lexical_forms_fhir_resources_would_normalise_survive() -> None:
 def test_primitive_extensions_and_repeats_keep_their_alignment() -> None:
     patient = {
         "resourceType": "Patient",
-        "name": [{
-            "family": "Hansen",
-            "given": ["Jens", "Peter"],
-            "_given": [None, {"extension": [{"url": "http://example.org/x", "valueString": "kaldenavn"}]}],
-        }],
+        "name": [
+            {
+                "family": "Hansen",
+                "given": ["Jens", "Peter"],
+                "_given": [
+                    None,
+                    {"extension": [{"url": "http://example.org/x", "valueString": "kaldenavn"}]},
+                ],
+            }
+        ],
         "_birthDate": {"extension": [{"url": "http://example.org/y", "valueBoolean": True}]},
     }
     xml = to_xml(patient)
@@ -114,16 +122,20 @@ def test_primitive_extensions_and_repeats_keep_their_alignment() -> None:
 
 
 def test_xsi_schema_location_is_ignored() -> None:
-    xml = (b'<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
-           b' xsi:schemaLocation="http://hl7.org/fhir fhir-single.xsd"><active value="true"/></Patient>')
+    xml = (
+        b'<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        b' xsi:schemaLocation="http://hl7.org/fhir fhir-single.xsd"><active value="true"/></Patient>'
+    )
     assert parse_xml(xml) == {"resourceType": "Patient", "active": True}
 
 
 # --------------------------------------------------------------------------------------------- XML errors
 def test_unknown_xml_element_is_located() -> None:
-    xml = (b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry/>'
-           b'<entry><fullUrl value="urn:uuid:1"/></entry>'
-           b'<entry><resource><Observation><statux value="final"/></Observation></resource></entry></Bundle>')
+    xml = (
+        b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry/>'
+        b'<entry><fullUrl value="urn:uuid:1"/></entry>'
+        b'<entry><resource><Observation><statux value="final"/></Observation></resource></entry></Bundle>'
+    )
     with pytest.raises(InvalidInput) as exc:
         parse_xml(xml)
     found = [(i.code, i.diagnostics, i.expression) for i in exc.value.outcome]
@@ -197,8 +209,10 @@ def test_billion_laughs_is_refused_without_expanding() -> None:
 def test_external_entity_to_a_local_file_is_not_read(tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET-CONTENT")
-    xml = (f'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "{secret.as_uri()}">]>'
-           f'<Patient xmlns="http://hl7.org/fhir"><id value="&x;"/></Patient>').encode()
+    xml = (
+        f'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "{secret.as_uri()}">]>'
+        f'<Patient xmlns="http://hl7.org/fhir"><id value="&x;"/></Patient>'
+    ).encode()
     with pytest.raises(InvalidInput) as exc:
         parse_xml(xml)
     assert _error(exc)[0] == "security"
@@ -208,13 +222,17 @@ def test_external_entity_to_a_local_file_is_not_read(tmp_path: Path) -> None:
 def test_external_dtd_is_refused(tmp_path: Path) -> None:
     dtd = tmp_path / "evil.dtd"
     dtd.write_text('<!ENTITY leak "LEAKED">')
-    xml = (f'<?xml version="1.0"?><!DOCTYPE Patient SYSTEM "{dtd.as_uri()}">'
-           f'<Patient xmlns="http://hl7.org/fhir"><id value="a"/></Patient>').encode()
+    xml = (
+        f'<?xml version="1.0"?><!DOCTYPE Patient SYSTEM "{dtd.as_uri()}">'
+        f'<Patient xmlns="http://hl7.org/fhir"><id value="a"/></Patient>'
+    ).encode()
     with pytest.raises(InvalidInput) as exc:
         parse_xml(xml)
     assert _error(exc)[0] == "security"
-    remote = (b'<?xml version="1.0"?><!DOCTYPE Patient SYSTEM "http://127.0.0.1:9/evil.dtd">'
-              b'<Patient xmlns="http://hl7.org/fhir"/>')
+    remote = (
+        b'<?xml version="1.0"?><!DOCTYPE Patient SYSTEM "http://127.0.0.1:9/evil.dtd">'
+        b'<Patient xmlns="http://hl7.org/fhir"/>'
+    )
     with pytest.raises(InvalidInput):
         parse_xml(remote)
 

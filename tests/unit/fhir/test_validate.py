@@ -13,7 +13,8 @@ from bridge.fhir.validate import fhirpath, validate_resource
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 INSTANCES = sorted(
-    p for p in (SHARED / "medcom").rglob("*.json")
+    p
+    for p in (SHARED / "medcom").rglob("*.json")
     if "profiles" not in p.parts and "terminology" not in p.parts
 ) + sorted((SHARED / "dk-core").glob("*.json"))
 CARE_COMMUNICATION = (
@@ -81,8 +82,11 @@ def test_unknown_resource_types_are_one_issue_each() -> None:
     assert _found({"resourceType": "DomainResource"}) == [("not-supported", ("DomainResource",))]
     assert _found({"id": "x"}) == [("required", ("Resource",))]
     assert _found([]) == [("structure", ("Resource",))]
-    bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Nope"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Nope"}}],
+    }
     assert _found(bundle) == [("not-supported", ("Bundle.entry[0].resource",))]
 
 

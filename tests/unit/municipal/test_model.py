@@ -33,7 +33,11 @@ def test_every_example_record_validates(path: Path) -> None:
 
 def test_the_examples_cover_what_they_promise() -> None:
     assert {p.stem for p in RECORDS} >= {
-        "home-care-citizen", "nursing-citizen", "typical-record", "kl-jens-hansen", "kl-peter-olsen"
+        "home-care-citizen",
+        "nursing-citizen",
+        "typical-record",
+        "kl-jens-hansen",
+        "kl-peter-olsen",
     }
     home = MunicipalRecord.model_validate(_load("home-care-citizen"))
     assert {c.kind for c in home.conditions} == {"home-care"}
@@ -48,13 +52,20 @@ def test_the_examples_cover_what_they_promise() -> None:
 
 def test_typical_record_has_the_benchmark_size() -> None:
     typical = MunicipalRecord.model_validate(_load("typical-record"))
-    sizes = (len(typical.conditions), len(typical.goals), len(typical.interventions),
-             len(typical.observations), len(typical.medications), len(typical.journal_notes))
+    sizes = (
+        len(typical.conditions),
+        len(typical.goals),
+        len(typical.interventions),
+        len(typical.observations),
+        len(typical.medications),
+        len(typical.journal_notes),
+    )
     assert sizes == (8, 4, 6, 10, 3, 5)
 
 
-@pytest.mark.parametrize(("name", "fsh"), [("kl-jens-hansen", "JensHansenNew.fsh"),
-                                           ("kl-peter-olsen", "PeterOlsenNew.fsh")])
+@pytest.mark.parametrize(
+    ("name", "fsh"), [("kl-jens-hansen", "JensHansenNew.fsh"), ("kl-peter-olsen", "PeterOlsenNew.fsh")]
+)
 def test_kl_citizens_carry_the_fsh_examples_fsiii_content(name: str, fsh: str) -> None:
     record = MunicipalRecord.model_validate(_load(name))
     text = (SHARED_FSH / fsh).read_text("utf-8")
