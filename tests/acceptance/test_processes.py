@@ -79,8 +79,19 @@ def test_two_api_processes_accept_deliver_survive_a_crash_and_stop_together(star
     # One API process dies: the supervisor starts another, and the service answers meanwhile.
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = children(parent)  # read once: the victim may die between two reads
+        return len(now) == 2 and victim not in now
+
+    wait_until(replaced, 30, "a new API process", bridge)
+    (replacement,) = children(parent) - first
+    # Serving, with its signal handlers installed: the reload below must reach it, not precede it.
     wait_until(
-        lambda: len(children(parent)) == 2 and victim not in children(parent), 30, "a new API process", bridge
+        lambda: f"Started server process [{replacement}]" in bridge.log_path.read_text(errors="replace"),
+        30,
+        "the new API process to serve",
+        bridge,
     )
     more = [traffic.notification(traffic.admission(3000 + i)) for i in range(10)]
     with bridge.client() as client:
