@@ -509,21 +509,8 @@ class Dispatcher:
             i.job.claimed.id: self._outcome_record(i.job.claimed, "delivered", i.attempt, now) for i in batch
         }
         on_behalf: list[_Completed] = []
-        recorded: list[RecordedReceipt] = []
         try:
-            try:
-                if acks is None:
-                    lost = self._store.complete_many(self.worker_id, completed, now, records)
-                else:
-                    lost, recorded = self._store.complete_with_receipts(
-                        self.worker_id, completed, now, records, acks.receipts, acks.follow_up
-                    )
-            except StoreError:
-                raise
-            except Exception as exc:  # the receipts' handling failed: the results are stored without them
-                log.error("%d synchronous receipts: handling failed (%s)", len(received), type(exc).__name__)
-                acks = None
-                lost = self._store.complete_many(self.worker_id, completed, now, records)
+            lost, recorded, acks = self._store_results(completed, now, records, acks)
         except StoreError as exc:
             log.warning("%d delivered results not stored (%s)", len(batch), type(exc).__name__)
             for item in batch:
@@ -563,6 +550,30 @@ class Dispatcher:
             for item in batch:
                 if item.job.claimed.id not in handed:
                     self._finish(item.job)
+
+    def _store_results(
+        self,
+        completed: list[tuple[str, AttemptRecord]],
+        now: datetime,
+        records: dict[str, AuditRecord],
+        acks: AcknowledgementBatch | None,
+    ) -> tuple[list[str], list[RecordedReceipt], AcknowledgementBatch | None]:
+        """Store delivered results with their receipts; the lost leases, the recorded receipts and the
+        receipts that were stored (None when there were none, or their handling failed: the results
+        are then stored without them). A ``StoreError`` is raised: nothing was stored."""
+        if acks is not None:
+            try:
+                lost, recorded = self._store.complete_with_receipts(
+                    self.worker_id, completed, now, records, acks.receipts, acks.follow_up
+                )
+                return lost, recorded, acks
+            except StoreError:
+                raise
+            except Exception as exc:  # a defect in receipt handling must not cost the results
+                log.error(
+                    "%d synchronous receipts: handling failed (%s)", len(acks.receipts), type(exc).__name__
+                )
+        return self._store.complete_many(self.worker_id, completed, now, records), [], None
 
     def _settle(self, batch: list[_Completed]) -> None:
         """After delivered deliveries to receivers that send no MedCom receipt are stored: queue the

@@ -622,13 +622,12 @@ class SqliteOutboxStore:
         }
         with self._write() as conn:
             rows = conn.execute(_Q["claim_expired"], params).fetchall()
-            if len(rows) < limit and per_destination is None:
-                rows += conn.execute(_Q["claim_pending"], {**params, "limit": limit - len(rows)}).fetchall()
-            elif len(rows) < limit and per_destination is not None:
+            if len(rows) < limit:
+                # Without per_destination no destination is named: the rest is the whole claim.
                 taken = Counter(r["destination"] for r in rows)
                 rows += claim_by_destination(
                     limit - len(rows),
-                    {d: n - taken[d] for d, n in per_destination.items()},
+                    {d: n - taken[d] for d, n in (per_destination or {}).items()},
                     skip_destinations,
                     lambda destination, n: conn.execute(
                         _Q["claim_pending_to"], {**params, "destination": destination, "limit": n}
