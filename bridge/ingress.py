@@ -1,11 +1,12 @@
 """The accept pipeline: from a request body to a committed message, or a precise refusal.
 
-    parse -> validate -> authorise sender -> duplicate lookup -> route -> translate per destination
+    parse -> validate -> authorise sender -> route -> translate per destination
           -> NewMessage + NewDelivery per destination + AuditRecord (+ the admission it tells)
           -> ONE transaction (``bridge.committer``: concurrent accepts share it, and its fsync)
 
-Everything up to the commit is pure apart from two reads (the duplicate lookup and, for a
-HospitalNotification or a rule-routed record, the citizen's admission). The answer to the sender is
+Everything up to the commit is pure apart from one read: for a HospitalNotification or a rule-routed
+record, the citizen's admission. A resent MedCom message is recognised in the commit's own transaction
+(a municipal record, whose ids are derived, is looked up first). The answer to the sender is
 built before the commit and stored with the message, so that a duplicate is answered with exactly
 the same bytes (MedCom reliable messaging: "the original response SHALL be resent").
 
@@ -330,10 +331,11 @@ class Ingress:
     def prepare_message(
         self, caller: System, body: bytes, content_type: str | None, accept: str | None = None
     ) -> Reply | Prepared | ReceivedAcknowledgement:
-        """Everything before the commit: parse, validate, authorise, look up duplicates, route and
-        translate. Returns the answer at once (a duplicate, a received Acknowledgement) or what
-        ``commit`` stores. Only short reads touch the store here; the service runs this step on its
-        event loop and hands ``commit`` - the fsync'd writes - to a worker thread."""
+        """Everything before the commit: parse, validate, authorise, route and translate. Returns the
+        answer at once (a received Acknowledgement; a duplicate that can no longer be routed) or what
+        ``commit`` stores - a duplicate among those is recognised and answered there. Only short reads
+        touch the store here; the service runs this step on its event loop and hands ``commit`` - the
+        fsync'd writes - to a worker thread."""
         fmt = request_format(content_type, body)
         check_size(len(body), self.settings.limits.max_body_bytes)
         bundle, kind = validated_message(body, fmt, self.settings)
@@ -342,9 +344,33 @@ class Ingress:
             # Receipt handling recognises a repeated Acknowledgement itself (and records it only once).
             return ReceivedAcknowledgement(caller, bundle)
         bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
-        found = self.store.find_by_ids(bundle_id, header_id)
-        if found is not None:
-            return duplicate_reply(found, caller, bundle_id, header_id)
+        try:
+            return self._prepare_new(caller, body, fmt, accept, bundle, kind)
+        except InvalidInput:
+            # A message that was accepted before is answered as it was then, even if routing it again
+            # fails now (a receiver removed from the configuration since, say).
+            found = self.store.find_by_ids(bundle_id, header_id)
+            if found is not None:
+                return duplicate_reply(found, caller, bundle_id, header_id)
+            raise
+
+    def _prepare_new(
+        self,
+        caller: System,
+        body: bytes,
+        fmt: Format,
+        accept: str | None,
+        bundle: dict[str, Any],
+        kind: str,
+    ) -> Prepared:
+        """Route and translate a validated message, as a new one.
+
+        There is no duplicate lookup before it: a resent message is recognised in the accept's own
+        transaction (``OutboxStore.accept_many`` compares the ids under the write lock, which a lookup
+        here could not replace anyway) and answered with the first answer, byte for byte. Resends are
+        rare; a lookup on every accept would cost each new message a read of a freshly changed
+        database."""
+        bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
         receivers = medcom_receivers(self.settings, bundle)
         cpr = patient_number(bundle)
         key = self.citizen_key(cpr)

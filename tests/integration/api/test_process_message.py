@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,7 @@ from api_bed import (
     example,
     example_bytes,
     herlev_speaks_municipal,
+    system_entry,
     to_unknown_receiver,
 )
 
@@ -143,6 +145,27 @@ def test_three_sends_store_one_message_and_get_three_identical_answers(bed: Bed)
     assert answers[0].content == answers[1].content == answers[2].content
     assert bed.count("messages") == 1
     assert len(bed.claim()) == 1
+
+
+def test_a_duplicate_is_answered_as_first_even_when_it_can_no_longer_be_routed(
+    bed_factory: BedFactory,
+) -> None:
+    # Duplicates are recognised in the accept's transaction; one whose receiver has since gone from the
+    # configuration fails routing before that, and is still answered with the first answer.
+    body = example_bytes(STIN)
+    first = bed_factory().post_message(body)
+    assert first.status_code == 200
+
+    def herlev_moved(data: dict[str, Any]) -> None:
+        system_entry(data, HERLEV)["organisations"] = [{"name": "elsewhere", "sor": "1234567890123"}]
+
+    moved = bed_factory(herlev_moved)
+    again = moved.post_message(body)
+    assert again.status_code == 200 and again.content == first.content
+    assert moved.count("messages") == 1
+    fresh = example(STIN)
+    fresh["id"], fresh["entry"][0]["resource"]["id"] = str(uuid.uuid4()), str(uuid.uuid4())
+    assert moved.post_message(orjson.dumps(fresh)).status_code == 422  # a new one cannot be routed
 
 
 def test_a_large_body_is_prepared_off_the_event_loop_with_the_same_result(bed: Bed) -> None:
