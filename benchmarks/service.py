@@ -10,6 +10,10 @@ bridge's own builder, ~5 KB, a fresh Bundle.id and MessageHeader.id per request)
   per message;
 - ``http_floor``: a bare ASGI app under uvicorn that reads the body and answers 202, driven by the
   same load generator - what HTTP and the generator cost before the bridge does anything;
+- ``stack_floor``: uvicorn, with as many processes as the bridge, serving an app that parses and
+  validates each body with the bridge's validator and answers 200 - nothing else - under the same
+  load: its CPU time per request is the least any accept path on this stack (Python, uvicorn, this
+  validator) costs; ``stack_floor_vs_validation_floor`` and ``accept_cost_vs_stack_floor`` compare;
 - ``receiver_floor``: the simulated municipality alone (dedupe + Acknowledgement per message), driven
   the same way - the ceiling of end-to-end deliveries to it;
 - ``accept``: ``fhir-bridge serve --role api`` (no dispatcher): durable accepts per second (each one a
@@ -415,6 +419,60 @@ async def app(scope, receive, send):
 """
 
 
+VALIDATING_APP = """
+import orjson
+from bridge.medcom.validation import validate_message
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    status = 200
+    if scope["path"] != "/":
+        status = 422 if validate_message(orjson.loads(b"".join(chunks))).has_errors else 200
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def stack_floor(
+    directory: Path, bodies: list[bytes], processes: int, concurrency: int, duration: float
+) -> dict[str, Any]:
+    """uvicorn (as many processes as the bridge) with an app that parses and validates each body with the
+    bridge's validator and answers 200, and nothing else: no framework, authentication, routing, storage
+    or audit. Its CPU time per request is what any accept path on this stack costs at least."""
+    (directory / "validating_asgi.py").write_text(VALIDATING_APP)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "validating_asgi:app", "--port", str(port)),
+            *("--workers", str(processes), "--log-level", "warning", "--no-access-log"),
+        ],
+        cwd=directory,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    )
+    url = f"http://127.0.0.1:{port}/fhir/$process-message"
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc)
+        # The validator loads its tables at first use in each process: not part of the floor.
+        run_load(directory, url, bodies[:1000], concurrency=concurrency, duration=3, limit=1000)
+        before = cpu_seconds(proc.pid)
+        result = run_load(
+            directory, url, bodies[1000:], concurrency=concurrency, duration=duration, limit=len(bodies)
+        )
+        if result["ok"]:
+            result["server_cpu_ms_per_request"] = round(
+                (cpu_seconds(proc.pid) - before) * 1000 / result["ok"], 3
+            )
+        return result
+    finally:
+        stop(proc)
+
+
 def http_floor(directory: Path, bodies: list[bytes], concurrency: int, duration: float) -> dict[str, Any]:
     (directory / "bare_asgi.py").write_text(BARE_APP)
     port = free_port()
@@ -655,9 +713,24 @@ def main() -> None:
             report["http_floor"] = http_floor(
                 directory, [fresh(pool[0]) for _ in range(500)], args.concurrency, args.duration
             )
+            report["stack_floor"] = stack_floor(
+                directory,
+                [fresh(pool[i % len(pool)]) for i in range(args.messages + 1000)],
+                args.processes,
+                args.concurrency,
+                args.duration,
+            )
             report["receiver_floor"] = receiver_floor(
                 directory, [fresh(pool[i % len(pool)]) for i in range(20000)], args.concurrency, args.duration
             )
+            floor, stack = (
+                report["validation_floor"]["per_message_ms"],
+                report["stack_floor"].get("server_cpu_ms_per_request"),
+            )
+            if stack:
+                # The same for uvicorn with nothing but the validator (``stack_floor``): the least any
+                # accept path on this stack costs against validation alone.
+                report["stack_floor_vs_validation_floor"] = round(stack / floor, 2)
         if args.only in (None, "service"):
             report |= accept_and_deliver(directory, pool, args)
             floor = report.get("validation_floor", {}).get("per_message_ms")
@@ -667,6 +740,11 @@ def main() -> None:
                 # spent per accepted message (HTTP, validation, routing, storage, audit) over the CPU
                 # time of validating the message alone.
                 report["accept_cost_vs_validation_floor"] = round(cost / floor, 2)
+            stack = report.get("stack_floor", {}).get("server_cpu_ms_per_request")
+            if stack and cost:
+                # What the bridge adds to that least - authentication, routing, the durable
+                # transaction and its audit record - as a factor.
+                report["accept_cost_vs_stack_floor"] = round(cost / stack, 2)
         if args.only in (None, "queued") and args.queued:
             report["queued_rss"] = queued_rss(directory, pool, args)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
