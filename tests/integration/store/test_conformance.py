@@ -919,6 +919,38 @@ def test_a_resent_delivery_goes_back_to_its_place_at_the_head(
     assert assert_heads(store) == {b}
 
 
+def test_the_head_moves_right_whatever_order_a_pairs_backlog_reopens_in(
+    store: OutboxStore, messages: Messages, clock: FakeClock
+) -> None:
+    # A head move looks at the pair's two oldest open deliveries only; replays and a resend in any
+    # order, with a leased delivery losing the head and finishing, keep the oldest open one the head.
+    a, b, c, d, e = _one_each(store, messages, clock, "c1", "c1", "c1", "c1", "c1")
+    for expected in (a, b):
+        (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+        assert head.id == expected
+        store.dead_letter(head.id, "w1", None, "refused", clock.now())
+    (head,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert head.id == c
+    store.complete(c, "w1", ok(clock), clock.now())
+    (in_flight,) = store.claim_due("w1", clock.now(), LEASE, limit=10)
+    assert in_flight.id == d
+    assert assert_heads(store) == {d}
+
+    store.retry_dead(b, clock.now())
+    assert assert_heads(store) == {b}  # d keeps its lease
+    store.retry_dead(a, clock.now())
+    assert assert_heads(store) == {a}
+    store.resend(c, b"again", clock.now())
+    assert assert_heads(store) == {a}
+    store.complete(d, "w1", ok(clock), clock.now())
+    assert assert_heads(store) == {a}
+    for expected, next_head in ((a, {b}), (b, {c}), (c, {e}), (e, set())):
+        (head,) = store.claim_due("w2", clock.now(), LEASE, limit=10)
+        assert head.id == expected
+        store.complete(expected, "w2", ok(clock), clock.now())
+        assert assert_heads(store) == next_head
+
+
 def test_complete_many_moves_the_head_of_every_pair_it_closes(
     store: OutboxStore, messages: Messages, clock: FakeClock
 ) -> None:

@@ -323,6 +323,28 @@ def test_the_claim_plans_on_the_heads_index(pg_store: PostgresOutboxStore, serve
     assert "deliveries_claimable" in "\n".join(str(row[0]) for row in plan)
 
 
+@pytest.mark.parametrize(
+    ("name", "indexes"),
+    [
+        # No index on deliveries.header_id: the message's unique header id, then (message, destination).
+        ("delivery_for_receipt", ["messages_header_id_key", "deliveries_message", "(message_id = $"]),
+        ("recompute_head", ["deliveries_open_pairs"]),
+    ],
+)
+def test_receipts_and_head_moves_plan_on_indexes(
+    pg_store: PostgresOutboxStore, server: str, schema: str, name: str, indexes: list[str]
+) -> None:
+    sql = load_queries("postgres")[name]
+    params = dict.fromkeys(re.findall(r"%\((\w+)\)s", sql), "x")
+    with admin(server) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("SET enable_seqscan = off")  # the tables are empty: ask whether an index can serve
+        plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {sql}", params).fetchall())
+    assert "Seq Scan" not in plan, plan
+    for index in indexes:
+        assert index in plan, plan
+
+
 # -- URLs ----------------------------------------------------------------------------------------------
 
 

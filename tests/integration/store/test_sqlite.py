@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -77,6 +78,53 @@ def test_every_query_prepares_against_the_schema(sqlite_store: SqliteOutboxStore
             pass  # missing bindings: the statement parsed and resolved
         except sqlite3.Error as exc:  # pragma: no cover - the message is the point
             pytest.fail(f"query {name}: {exc}")
+
+
+def _plan(conn: sqlite3.Connection, name: str) -> list[str]:
+    """The EXPLAIN QUERY PLAN lines of a named query (every parameter a string)."""
+    sql = load_queries("sqlite")[name]
+    params = dict.fromkeys(re.findall(r":(\w+)", sql), "x")
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", {**params, "skip": "[]"})]
+
+
+# The statements of the delivery path that run once per delivery, receipt or head move: each looks its
+# rows up by an index, none walks the deliveries or messages table (json_each and a query's own
+# materialised CTE are scanned, and they are small).
+_INDEXED = [
+    "insert_delivery",
+    "store_delivery_payload",
+    "claim_expired",
+    "claim_pending",
+    "claim_pending_to",
+    "complete",
+    "dead_letter",
+    "retry_dead",
+    "resend",
+    "recompute_head",
+    "receipt_by_ack",
+    "delivery_for_receipt",
+    "set_receipt",
+]
+
+
+@pytest.mark.parametrize("name", _INDEXED)
+def test_the_delivery_path_looks_rows_up_by_index(sqlite_store: SqliteOutboxStore, name: str) -> None:
+    plan = _plan(sqlite_store._writer, name)
+    scans = [line for line in plan if re.match(r"SCAN (deliveries|d|o|messages|m|receipts|r)\b", line)]
+    assert scans == [], plan
+
+
+def test_a_receipt_finds_its_delivery_through_the_message_header(sqlite_store: SqliteOutboxStore) -> None:
+    # No index on deliveries.header_id: the message's unique header id, then (message, destination).
+    plan = _plan(sqlite_store._writer, "delivery_for_receipt")
+    assert "SEARCH messages USING INDEX sqlite_autoindex_messages_3 (header_id=?)" in plan
+    assert "SEARCH deliveries USING INDEX deliveries_message (message_id=? AND destination=?)" in plan
+
+
+def test_a_head_move_reads_the_pairs_oldest_open_deliveries(sqlite_store: SqliteOutboxStore) -> None:
+    plan = _plan(sqlite_store._writer, "recompute_head")
+    assert "SEARCH deliveries USING INDEX deliveries_open_pairs (citizen_key=? AND destination=?)" in plan
+    assert not any("TEMP B-TREE" in line for line in plan)  # the index yields them in seq order
 
 
 def test_a_newer_database_is_refused(sqlite_store: SqliteOutboxStore) -> None:

@@ -182,9 +182,12 @@ SELECT r.delivery_id, d.message_id
  WHERE r.ack_header_id = :ack_header_id;
 
 -- name: delivery_for_receipt
+-- The acknowledged message by its MessageHeader.id (unique), then its delivery to the receipt's sender
+-- (deliveries_message): a delivery carries its message's header id, so this finds the same delivery as
+-- a look-up on deliveries.header_id would, without an index on it that every accept has to grow.
 SELECT id, message_id, delivered_at FROM deliveries
- WHERE header_id = :acknowledged_header_id AND destination = :from_system
- ORDER BY seq LIMIT 1;
+ WHERE message_id = (SELECT id FROM messages WHERE header_id = :acknowledged_header_id)
+   AND destination = :from_system;
 
 -- name: insert_receipt
 INSERT INTO receipts (ack_header_id, acknowledged_header_id, from_system, code, received_at, delivery_id)
@@ -215,20 +218,21 @@ RETURNING citizen_key, destination;
 
 -- name: recompute_head
 -- Give one (citizen, destination) pair its head back after a delivery of it opened or closed: the
--- oldest open delivery is the head, no other row of the pair is. Only rows that change are written,
--- and only the pair's current heads (deliveries_pair_heads) and its oldest open delivery
--- (deliveries_open_pairs) are looked at, however long the pair's backlog. A newer leased delivery that
--- loses the head keeps its lease and finishes.
-WITH oldest (seq) AS (
-    SELECT MIN(seq) FROM deliveries
-     WHERE citizen_key = :citizen_key AND destination = :destination AND state IN ('pending', 'leased'))
+-- oldest open delivery is the head, no other row of the pair is. The pair's only head before the
+-- change was its oldest open delivery; a change closes a delivery (clearing its head) or opens one
+-- again at its old place (without the head), so afterwards the head, if any, is one of the pair's two
+-- oldest open deliveries. Those two are read from deliveries_open_pairs, however long the pair's
+-- backlog, and only rows that change are written. A newer leased delivery that loses the head keeps its
+-- lease and finishes.
+WITH oldest_two (seq) AS (
+    SELECT seq FROM deliveries
+     WHERE citizen_key = :citizen_key AND destination = :destination AND state IN ('pending', 'leased')
+     ORDER BY seq
+     LIMIT 2)
 UPDATE deliveries
    SET head = 1 - head
- WHERE seq IN (SELECT seq FROM deliveries
-                WHERE citizen_key = :citizen_key AND destination = :destination AND head = 1
-               UNION ALL
-               SELECT seq FROM oldest)
-   AND head = (seq IS NOT (SELECT seq FROM oldest));
+ WHERE seq IN (SELECT seq FROM oldest_two)
+   AND head = (seq <> (SELECT MIN(seq) FROM oldest_two));
 
 -- name: deliveries_of_message
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
