@@ -104,6 +104,7 @@ _INDEXED = [
     "receipt_by_ack",
     "delivery_for_receipt",
     "set_receipt",
+    "receipt_overdue",
 ]
 
 
@@ -119,6 +120,22 @@ def test_a_receipt_finds_its_delivery_through_the_message_header(sqlite_store: S
     plan = _plan(sqlite_store._writer, "delivery_for_receipt")
     assert "SEARCH messages USING INDEX sqlite_autoindex_messages_3 (header_id=?)" in plan
     assert "SEARCH deliveries USING INDEX deliveries_message (message_id=? AND destination=?)" in plan
+
+
+@pytest.mark.parametrize(
+    ("name", "search"),
+    [
+        ("claim_expired", "SEARCH d USING INDEX deliveries_leases (lease_expires_at<?)"),
+        ("receipt_overdue", "SEARCH deliveries USING INDEX deliveries_awaiting_receipt (delivered_at<?)"),
+    ],
+)
+def test_expired_leases_and_overdue_receipts_are_read_in_order_from_their_own_index(
+    sqlite_store: SqliteOutboxStore, name: str, search: str
+) -> None:
+    # Not from deliveries_due by state, which holds every lease or every delivered delivery, unsorted.
+    plan = _plan(sqlite_store._writer, name)
+    assert search in plan
+    assert not any("TEMP B-TREE" in line for line in plan)
 
 
 def test_a_head_move_reads_the_pairs_oldest_open_deliveries(sqlite_store: SqliteOutboxStore) -> None:

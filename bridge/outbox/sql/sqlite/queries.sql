@@ -62,12 +62,13 @@ SELECT seq, recorded_at, action, actor, message_id, body, prev_hash, hash
 
 -- name: claim_expired
 -- Leases whose holder went quiet (crashed, partitioned) are taken over first: their work is the oldest.
+-- INDEXED BY: without it SQLite picks deliveries_due (state=?) and sorts every lease, expired or not.
 UPDATE deliveries
    SET lease_owner = :worker_id,
        lease_expires_at = :lease_expires_at,
        attempts = attempts + 1
  WHERE seq IN (
-        SELECT d.seq FROM deliveries d
+        SELECT d.seq FROM deliveries d INDEXED BY deliveries_leases
          WHERE d.state = 'leased' AND d.lease_expires_at <= :now
            AND d.destination NOT IN (SELECT value FROM json_each(:skip))
          ORDER BY d.lease_expires_at
@@ -197,11 +198,13 @@ VALUES (:ack_header_id, :acknowledged_header_id, :from_system, :code, :received_
 UPDATE deliveries SET receipt_code = :code, receipt_at = :received_at WHERE id = :id;
 
 -- name: receipt_overdue
+-- INDEXED BY: without it SQLite picks deliveries_due (state=?) and walks every delivered delivery there
+-- ever was; deliveries_awaiting_receipt holds only those still waiting, in delivered_at order.
 SELECT id, message_id, destination, citizen_key, state, attempts, resends, created_at, next_attempt_at,
        first_attempt_at, lease_owner, lease_expires_at, delivered_at, dead_at, last_error, expect_receipt,
        receipt_code, receipt_at,
        NOT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.seq = deliveries.seq) AS payload_purged
-  FROM deliveries
+  FROM deliveries INDEXED BY deliveries_awaiting_receipt
  WHERE state = 'delivered' AND expect_receipt = 1 AND receipt_code IS NULL
    AND delivered_at <= :cutoff AND resends < :max_resends
  ORDER BY delivered_at, seq
