@@ -924,7 +924,10 @@ class PostgresOutboxStore:
     ) -> list[DeliveryRecord]:
         """Deliveries in ``state`` (all when None), oldest first."""
         with self._auto() as cur:
-            rows = cur.execute(_Q["list_deliveries"], {"state": state, "limit": limit, "offset": offset})
+            rows = cur.execute(
+                _Q["list_deliveries" if state is None else "list_deliveries_in_state"],
+                {"state": state, "limit": limit, "offset": offset},
+            )
             return [_delivery(r) for r in rows]
 
     # -- audit -----------------------------------------------------------------------------------------

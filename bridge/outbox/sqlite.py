@@ -995,7 +995,10 @@ class SqliteOutboxStore:
     ) -> list[DeliveryRecord]:
         """Deliveries in ``state`` (all when None), oldest first."""
         with self._read() as conn:
-            rows = conn.execute(_Q["list_deliveries"], {"state": state, "limit": limit, "offset": offset})
+            rows = conn.execute(
+                _Q["list_deliveries" if state is None else "list_deliveries_in_state"],
+                {"state": state, "limit": limit, "offset": offset},
+            )
             return [_delivery(r) for r in rows]
 
     # -- audit -----------------------------------------------------------------------------------------

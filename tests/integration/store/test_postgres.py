@@ -329,13 +329,15 @@ def test_the_claim_plans_on_the_heads_index(pg_store: PostgresOutboxStore, serve
         # No index on deliveries.header_id: the message's unique header id, then (message, destination).
         ("delivery_for_receipt", ["messages_header_id_key", "deliveries_message", "(message_id = $"]),
         ("recompute_head", ["deliveries_open_pairs"]),
+        ("list_deliveries_in_state", ["deliveries_state"]),  # the dead letters, say
     ],
 )
-def test_receipts_and_head_moves_plan_on_indexes(
+def test_receipts_head_moves_and_state_lists_plan_on_indexes(
     pg_store: PostgresOutboxStore, server: str, schema: str, name: str, indexes: list[str]
 ) -> None:
     sql = load_queries("postgres")[name]
     params = dict.fromkeys(re.findall(r"%\((\w+)\)s", sql), "x")
+    params |= {k: 10 for k in ("limit", "offset") if k in params}
     with admin(server) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("SET enable_seqscan = off")  # the tables are empty: ask whether an index can serve

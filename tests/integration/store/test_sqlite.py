@@ -132,9 +132,16 @@ def test_a_receipt_finds_its_delivery_through_the_message_header(sqlite_store: S
 def test_expired_leases_and_overdue_receipts_are_read_in_order_from_their_own_index(
     sqlite_store: SqliteOutboxStore, name: str, search: str
 ) -> None:
-    # Not from deliveries_due by state, which holds every lease or every delivered delivery, unsorted.
+    # Not from deliveries_state by state, which holds every lease or every delivered delivery.
     plan = _plan(sqlite_store._writer, name)
     assert search in plan
+    assert not any("TEMP B-TREE" in line for line in plan)
+
+
+def test_a_list_of_one_state_reads_that_state_alone_in_order(sqlite_store: SqliteOutboxStore) -> None:
+    # The dead-letter list: not a walk of every delivery ever stored, and no sort.
+    plan = _plan(sqlite_store._writer, "list_deliveries_in_state")
+    assert "SEARCH deliveries USING INDEX deliveries_state (state=?)" in plan
     assert not any("TEMP B-TREE" in line for line in plan)
 
 

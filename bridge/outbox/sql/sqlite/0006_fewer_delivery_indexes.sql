@@ -6,3 +6,9 @@
 -- which deliveries_open_pairs yields in order (recompute_head).
 DROP INDEX deliveries_header;
 DROP INDEX deliveries_pair_heads;
+-- deliveries_due (state, next_attempt_at) becomes deliveries_state (state, seq), as on PostgreSQL: no
+-- statement reads deliveries by state in next_attempt_at order (claims have their own partial indexes),
+-- while a list of one state - the dead letters - is read in seq order, which this index yields without a
+-- sort. Both keys grow in time order within a state: one page per commit, as before.
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_state ON deliveries (state, seq);
