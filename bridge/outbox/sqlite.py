@@ -856,17 +856,20 @@ class SqliteOutboxStore:
         self, conn: sqlite3.Connection, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
     ) -> list[RecordedReceipt]:
         results: list[RecordedReceipt] = []
+        # The audit chain's head, read once (at the first record) and then carried along: nothing else
+        # appends while this transaction holds the writer.
+        head: str | None = None
         for receipt in receipts:
             correlation = self._record_receipt(conn, receipt, details=True)
             then = follow_up(correlation)
             check_receipt_forward(then)
             if then.audit is not None:
-                self._append_audit(conn, then.audit)
+                head = self._append_audit(conn, then.audit, head).hash
             forwarded: AcceptResult | StoreError | None = None
             if then.forward is not None and correlation.new:
                 conn.execute("SAVEPOINT receipt_forward")
                 try:
-                    forwarded = self._accept_one(conn, then.forward, None)[0]  # the head read afresh
+                    forwarded, head = self._accept_one(conn, then.forward, head)
                 except sqlite3.IntegrityError as exc:
                     conn.execute("ROLLBACK TO receipt_forward")
                     forwarded = StoreError(str(exc))
