@@ -227,22 +227,21 @@ class SqliteOutboxStore:
         self._waiting_lock = threading.Lock()
         self._waiting = 0  # threads waiting for the write lock (they may join the open group)
         self._group: _Group | None = None
-        self._lock_fd: int | None = None
         self._readers_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._closed = False
         try:
-            self._lock_fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open the SQLite store's lock file: {exc}") from exc
-        self._file_lock: FileLock | None = FileLock(self._lock_fd)
+        self._file_lock: FileLock | None = FileLock(lock_fd)
         try:
             self._writer = self._connect(readonly=False)
             # WAL is a property of the file; setting it once on the writer is enough.
             mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.Error as exc:
-            os.close(self._lock_fd)
+            self._file_lock.close()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"the SQLite store could not switch to WAL (journal_mode={mode})")
@@ -433,10 +432,9 @@ class SqliteOutboxStore:
             if self._group is not None:  # members are waiting for this group's commit
                 self._end_group(self._group)
             self._writer.close()
-            if self._lock_fd is not None:
+            if self._file_lock is not None:  # it closes the descriptor, and ends its waiter thread
+                self._file_lock.close()
                 self._file_lock = None
-                os.close(self._lock_fd)
-                self._lock_fd = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
