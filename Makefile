@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint typecheck pytest bench bench-service clean venv browser
+.PHONY: run demo test lint typecheck pytest bench bench-service bench-instructions clean venv browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench: $(STAMP)
 ## make bench-service: the service benchmark (accepts, latency, deliveries, floors, RSS), JSON on stdout
 bench-service: $(STAMP)
 	$(BIN)/python benchmarks/service.py --queued 20000
+
+## make bench-instructions: instructions per message (valgrind), validation against accept, JSON on stdout
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/instructions.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
