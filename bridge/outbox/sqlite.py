@@ -717,7 +717,7 @@ class SqliteOutboxStore:
         if not completed:
             return []
         with self._write() as conn:
-            return self._complete_many(conn, worker_id, completed, now, audit)
+            return self._complete_many(conn, worker_id, completed, now, audit)[0]
 
     def complete_with_receipts(
         self,
@@ -732,8 +732,10 @@ class SqliteOutboxStore:
         if not completed and not receipts:
             return [], []
         with self._write() as conn:
-            lost = self._complete_many(conn, worker_id, completed, now, audit) if completed else []
-            return lost, self._record_receipts(conn, receipts, follow_up)
+            lost, head = (
+                self._complete_many(conn, worker_id, completed, now, audit) if completed else ([], None)
+            )
+            return lost, self._record_receipts(conn, receipts, follow_up, head)
 
     def _complete_many(
         self,
@@ -742,7 +744,9 @@ class SqliteOutboxStore:
         completed: Sequence[tuple[str, AttemptRecord]],
         now: datetime,
         audit: Mapping[str, AuditRecord] | None,
-    ) -> list[str]:
+    ) -> tuple[list[str], str | None]:
+        """The ids whose lease was lost, and the audit chain's head after the records appended (None
+        when none was)."""
         lost: list[str] = []
         pairs: set[tuple[str | None, str]] = set()
         stamp = _ts(now)
@@ -755,13 +759,14 @@ class SqliteOutboxStore:
             else:
                 lost.append(delivery_id)
         _recompute_heads(conn, pairs)
+        head: str | None = None  # read at the first record, then carried: this transaction holds the writer
         if audit:
             gone = set(lost)
             for delivery_id, _ in completed:
                 record = audit.get(delivery_id)
                 if record is not None and delivery_id not in gone:
-                    self._append_audit(conn, record)
-        return lost
+                    head = self._append_audit(conn, record, head).hash
+        return lost, head
 
     def schedule_retry(
         self, delivery_id: str, worker_id: str, attempt: AttemptRecord, retry_at: datetime, now: datetime
@@ -851,12 +856,16 @@ class SqliteOutboxStore:
             return self._record_receipts(conn, receipts, follow_up)
 
     def _record_receipts(
-        self, conn: sqlite3.Connection, receipts: Sequence[NewReceipt], follow_up: ReceiptFollowUps
+        self,
+        conn: sqlite3.Connection,
+        receipts: Sequence[NewReceipt],
+        follow_up: ReceiptFollowUps,
+        head: str | None = None,
     ) -> list[RecordedReceipt]:
+        """Record ``receipts`` in the open transaction; ``head``: the audit chain's head when the caller
+        knows it (else read at the first record), carried along from there - nothing else appends while
+        this transaction holds the writer."""
         results: list[RecordedReceipt] = []
-        # The audit chain's head, read once (at the first record) and then carried along: nothing else
-        # appends while this transaction holds the writer.
-        head: str | None = None
         for receipt in receipts:
             correlation = self._record_receipt(conn, receipt, details=True)
             then = follow_up(correlation)
