@@ -345,7 +345,7 @@ class Ingress:
             return ReceivedAcknowledgement(caller, bundle)
         bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
         try:
-            return self._prepare_new(caller, body, fmt, accept, bundle, kind)
+            return self._prepare_new(caller, body, fmt, accept, bundle, kind, bundle_id, header_id)
         except InvalidInput:
             # A message that was accepted before is answered as it was then, even if routing it again
             # fails now (a receiver removed from the configuration since, say).
@@ -362,6 +362,8 @@ class Ingress:
         accept: str | None,
         bundle: dict[str, Any],
         kind: str,
+        bundle_id: str,
+        header_id: str,
     ) -> Prepared:
         """Route and translate a validated message, as a new one.
 
@@ -370,7 +372,6 @@ class Ingress:
         here could not replace anyway) and answered with the first answer, byte for byte. Resends are
         rare; a lookup on every accept would cost each new message a read of a freshly changed
         database."""
-        bundle_id, header_id = str(bundle["id"]), str(bundle["entry"][0]["resource"]["id"])
         receivers = medcom_receivers(self.settings, bundle)
         cpr = patient_number(bundle)
         key = self.citizen_key(cpr)

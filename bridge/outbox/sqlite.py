@@ -525,22 +525,28 @@ class SqliteOutboxStore:
         # The audit chain's head, read once per batch: each accepted request moves it on.
         head: str | None = None
         for request in requests:
-            if not isolated:
+            if isolated:
+                result, head = self._accept_alone(conn, request, head)
+            else:
                 result, head = self._accept_one(conn, request, head)
-                results.append(result)
-                continue
-            conn.execute("SAVEPOINT accept_request")
-            try:
-                result, after = self._accept_one(conn, request, head)
-                results.append(result)
-                head = after
-            except sqlite3.IntegrityError as exc:
-                conn.execute("ROLLBACK TO accept_request")
-                error = StoreError(str(exc))
-                error.__cause__ = exc
-                results.append(error)
-            conn.execute("RELEASE accept_request")
+            results.append(result)
         return results
+
+    def _accept_alone(
+        self, conn: sqlite3.Connection, request: AcceptRequest, audit_head: str | None
+    ) -> tuple[AcceptResult | StoreError, str | None]:
+        """``_accept_one`` behind a savepoint of its own: a request that breaks a constraint is rolled
+        back alone and reported as a ``StoreError`` (the audit chain's head stays where it was)."""
+        conn.execute("SAVEPOINT accept_request")
+        outcome: AcceptResult | StoreError
+        try:
+            outcome, audit_head = self._accept_one(conn, request, audit_head)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO accept_request")
+            outcome = StoreError(str(exc))
+            outcome.__cause__ = exc
+        conn.execute("RELEASE accept_request")
+        return outcome, audit_head
 
     def _accept_one(
         self, conn: sqlite3.Connection, request: AcceptRequest, audit_head: str | None
@@ -874,14 +880,7 @@ class SqliteOutboxStore:
                 head = self._append_audit(conn, then.audit, head).hash
             forwarded: AcceptResult | StoreError | None = None
             if then.forward is not None and correlation.new:
-                conn.execute("SAVEPOINT receipt_forward")
-                try:
-                    forwarded, head = self._accept_one(conn, then.forward, head)
-                except sqlite3.IntegrityError as exc:
-                    conn.execute("ROLLBACK TO receipt_forward")
-                    forwarded = StoreError(str(exc))
-                    forwarded.__cause__ = exc
-                conn.execute("RELEASE receipt_forward")
+                forwarded, head = self._accept_alone(conn, then.forward, head)
             results.append(RecordedReceipt(correlation, forwarded))
         return results
 
